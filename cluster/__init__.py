@@ -1,0 +1,1 @@
+"""The coordinator, seller agent, market, leases, metering and ledger."""

@@ -1,0 +1,53 @@
+"""The `computeswarm` command: one root, one sub-app per package, one-line errors.
+
+Sub-apps import their heavy modules inside commands, so `computeswarm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from computeswarm.errors import ComputeSwarmError
+from computeswarm.tunnel.cli import testbed_app, tunnel_app
+
+app = typer.Typer(
+    name="computeswarm",
+    help="Rent out and rent consumer GPUs for distributed ML, as Ray clusters over WireGuard.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(tunnel_app, name="tunnel")
+app.add_typer(testbed_app, name="testbed")
+
+
+def main() -> None:
+    """Entry point: user-facing errors print one line; `--debug` shows the traceback."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    try:
+        app(standalone_mode=False)
+    except ComputeSwarmError as e:
+        if debug:
+            raise
+        typer.secho(f"error: {e}", err=True, fg="red")
+        sys.exit(1)
+    except (typer.Exit, typer.Abort) as e:
+        sys.exit(getattr(e, "exit_code", 1))
+    except Exception as e:  # click's usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if debug:
+            raise
+        typer.secho(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+                    err=True, fg="red")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Example job specs, templates and service configs (package data)."""

@@ -1,0 +1,1 @@
+"""Buyer job specs, templates, submission, SDK and training workloads."""

@@ -1,0 +1,1 @@
+"""Inference specs run as Ray Serve applications."""

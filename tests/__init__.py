@@ -1,0 +1,1 @@
+"""ComputeSwarm test suite, in tiers: unit, integration, e2e, browser, bench."""

@@ -1,0 +1,1 @@
+"""Sweep specs run as Ray Tune experiments."""

@@ -1,0 +1,1 @@
+"""The WireGuard overlay: keys, addresses, configs, backends, fencing and the netns testbed."""
