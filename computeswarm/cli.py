@@ -44,8 +44,11 @@ def main() -> None:
             sys.exit(e.exit_code)
         if debug:
             raise
-        typer.secho(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)",
-                    err=True, fg="red")
+        typer.secho(
+            f"error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+            err=True,
+            fg="red",
+        )
         sys.exit(1)
 
 

@@ -9,7 +9,7 @@ class UserError(ComputeSwarmError):
     """The caller's input is wrong; the message says how to fix it."""
 
 
-class SystemError_(ComputeSwarmError):  # noqa: N801 - `SystemError` is a builtin
+class SystemError_(ComputeSwarmError):
     """Something in the environment failed (a command, a service, the kernel)."""
 
 

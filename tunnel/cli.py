@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 
-tunnel_app = typer.Typer(help="The WireGuard overlay: backends, keys, the demo.",
-                         no_args_is_help=True)
+tunnel_app = typer.Typer(
+    help="The WireGuard overlay: backends, keys, the demo.", no_args_is_help=True
+)
 testbed_app = typer.Typer(help="The multi-host netns testbed.", no_args_is_help=True)
 
 JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of a table.")
@@ -58,5 +59,6 @@ def clean(
     from computeswarm.tunnel.testbed import clean as clean_runs
 
     removed = clean_runs(include_live=all_runs)
-    typer.echo(f"removed {len(removed)} run(s): {' '.join(removed)}" if removed
-               else "nothing to clean")
+    typer.echo(
+        f"removed {len(removed)} run(s): {' '.join(removed)}" if removed else "nothing to clean"
+    )

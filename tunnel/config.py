@@ -50,11 +50,13 @@ class PeerConfig:
         if self.endpoint is not None:
             _set(self, "endpoint", _endpoint(self.endpoint))
         if self.persistent_keepalive is not None:
-            _set(self, "persistent_keepalive", _int_in(self.persistent_keepalive, 0, 65535,
-                                                       "PersistentKeepalive"))
+            _set(
+                self,
+                "persistent_keepalive",
+                _int_in(self.persistent_keepalive, 0, 65535, "PersistentKeepalive"),
+            )
         if self.preshared_key is not None:
-            _set(self, "preshared_key", parse_private_key(self.preshared_key,
-                                                          field="PresharedKey"))
+            _set(self, "preshared_key", parse_private_key(self.preshared_key, field="PresharedKey"))
         if self.name is not None and ("\n" in self.name or not self.name.strip()):
             raise ConfigParseError(f"peer name {self.name!r} must be one non-empty line")
 
@@ -116,7 +118,7 @@ def parse(text: str) -> InterfaceConfig:
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if line.startswith(_NAME_COMMENT.rstrip()):
-            pending_name = line[len(_NAME_COMMENT.rstrip()):].strip()
+            pending_name = line[len(_NAME_COMMENT.rstrip()) :].strip()
             continue
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -124,8 +126,9 @@ def parse(text: str) -> InterfaceConfig:
         if line.startswith("["):
             section = line.strip("[]").strip().lower()
             if section not in ("interface", "peer") or not line.endswith("]"):
-                raise ConfigParseError(f"unknown section {line}; expected [Interface] or [Peer]",
-                                       number)
+                raise ConfigParseError(
+                    f"unknown section {line}; expected [Interface] or [Peer]", number
+                )
             sections.append((section, {}, pending_name if section == "peer" else None, number))
             pending_name = None
             continue
@@ -150,8 +153,9 @@ def parse(text: str) -> InterfaceConfig:
             addresses=tuple(_split_list(iface.get("address", []))),
             listen_port=_opt_int(iface, "listenport", line),
             mtu=_opt_int(iface, "mtu", line),
-            peers=tuple(_peer(values, name, line) for kind, values, name, line in sections
-                        if kind == "peer"),
+            peers=tuple(
+                _peer(values, name, line) for kind, values, name, line in sections if kind == "peer"
+            ),
         )
     except ValueError as e:
         raise ConfigParseError(str(e)) from None

@@ -32,9 +32,11 @@ def run_demo(backend_name: str = "auto") -> int:
     else:
         backend = get_backend(backend_name)
     if isinstance(backend, NoneBackend):
-        print("Falling back to the 'none' backend: no root or no wireguard-go, so no real "
-              "tunnel.\nOverlay addresses map onto loopback (10.90.a.b -> 127.90.a.b); "
-              "there is no encryption and no fencing in this mode.")
+        print(
+            "Falling back to the 'none' backend: no root or no wireguard-go, so no real "
+            "tunnel.\nOverlay addresses map onto loopback (10.90.a.b -> 127.90.a.b); "
+            "there is no encryption and no fencing in this mode."
+        )
         return _loopback_demo()
     return _wireguard_demo(backend)
 
@@ -45,26 +47,38 @@ def _wireguard_demo(backend) -> int:
     with TestbedOverlay.start(backend, ["s1"], nat_sellers=["s2"]) as lab:
         bed, hub = lab.bed, lab.hub
         s1, s2 = lab.spokes["s1"], lab.spokes["s2"]
-        print(f"testbed run {bed.run_id}: hub {bed.host('hub').ip}, s1 {bed.host('s1').ip}, "
-              f"s2 {bed.host('s2').ip} behind NAT (public {bed.nat_public_ip}), "
-              f"seller LAN host {bed.host('lan').ip}")
-        print(f"overlay {lab.pool.network}: hub {hub.node.address}, s1 {s1.node.address}, "
-              f"s2 {s2.node.address}  (up in {time.monotonic() - started:.1f} s)")
+        print(
+            f"testbed run {bed.run_id}: hub {bed.host('hub').ip}, s1 {bed.host('s1').ip}, "
+            f"s2 {bed.host('s2').ip} behind NAT (public {bed.nat_public_ip}), "
+            f"seller LAN host {bed.host('lan').ip}"
+        )
+        print(
+            f"overlay {lab.pool.network}: hub {hub.node.address}, s1 {s1.node.address}, "
+            f"s2 {s2.node.address}  (up in {time.monotonic() - started:.1f} s)"
+        )
         hub.set_groups({"lease-demo": frozenset({s1.node.address, s2.node.address})})
 
         lab.serve_echo(bed.host("hub").netns, "0.0.0.0", ECHO_PORT)
         lab.serve_echo(lab.workload_netns("s2"), s2.node.address, ECHO_PORT)
         print("\nround trips (TCP echo, median of 5):")
-        _show("s1 workload -> hub (overlay)", lab.rtt(lab.workload_netns("s1"),
-                                                      hub.node.address, ECHO_PORT))
-        _show("s2 workload (NAT) -> hub", lab.rtt(lab.workload_netns("s2"),
-                                                  hub.node.address, ECHO_PORT))
-        _show("s1 -> s2 relayed by the hub", lab.rtt(lab.workload_netns("s1"),
-                                                     s2.node.address, ECHO_PORT))
+        _show(
+            "s1 workload -> hub (overlay)",
+            lab.rtt(lab.workload_netns("s1"), hub.node.address, ECHO_PORT),
+        )
+        _show(
+            "s2 workload (NAT) -> hub",
+            lab.rtt(lab.workload_netns("s2"), hub.node.address, ECHO_PORT),
+        )
+        _show(
+            "s1 -> s2 relayed by the hub",
+            lab.rtt(lab.workload_netns("s1"), s2.node.address, ECHO_PORT),
+        )
         s1.link_direct(s2.node)
         s2.link_direct(s1.node)
-        _show("s1 -> s2 over a direct link", lab.rtt(lab.workload_netns("s1"),
-                                                     s2.node.address, ECHO_PORT))
+        _show(
+            "s1 -> s2 over a direct link",
+            lab.rtt(lab.workload_netns("s1"), s2.node.address, ECHO_PORT),
+        )
 
         print("\nfences:")
         underlay = lab.rtt(bed.host("s1").netns, bed.host("hub").ip, ECHO_PORT, wait_s=0)
@@ -76,14 +90,18 @@ def _wireguard_demo(backend) -> int:
         names = {s.node.public_key: s.node.name for s in lab.spokes.values()}
         for peer in hub.tunnel.peers():
             age = peer.handshake_age(time.time())
-            print(f"  {names.get(peer.public_key, '?'):<4} {peer.public_key[:10]}...  "
-                  f"allowed {','.join(peer.allowed_ips):<15} endpoint {peer.endpoint or '-':<22}"
-                  f" handshake {'never' if age is None else f'{age:.0f}s ago':<9}"
-                  f" rx {peer.rx_bytes} B  tx {peer.tx_bytes} B")
+            print(
+                f"  {names.get(peer.public_key, '?'):<4} {peer.public_key[:10]}...  "
+                f"allowed {','.join(peer.allowed_ips):<15} endpoint {peer.endpoint or '-':<22}"
+                f" handshake {'never' if age is None else f'{age:.0f}s ago':<9}"
+                f" rx {peer.rx_bytes} B  tx {peer.tx_bytes} B"
+            )
         namespaces = list(bed.namespaces)
     left = [ns for ns in namespaces if netns.exists(ns)]
-    print(f"\nteardown: {len(namespaces)} namespaces removed, "
-          f"{'nothing left behind' if not left else f'LEFT: {left}'}")
+    print(
+        f"\nteardown: {len(namespaces)} namespaces removed, "
+        f"{'nothing left behind' if not left else f'LEFT: {left}'}"
+    )
     return 0 if not left else 1
 
 
@@ -93,25 +111,46 @@ def _loopback_demo() -> int:
     state = Path(tempfile.mkdtemp(prefix="cs-demo-"))
     hub_keys = KeyPair.generate()
     hub_node = Node("hub", hub_keys.public, str(pool.hub), endpoint="127.0.0.1:51820")
-    hub = HubNode.start(backend, hub_node, hub_keys, str(pool.network), 51820,
-                        NodePlacement("cshub", state / "hub"))
+    hub = HubNode.start(
+        backend, hub_node, hub_keys, str(pool.network), 51820, NodePlacement("cshub", state / "hub")
+    )
     spokes = []
     for name in ("s1", "s2"):
         keys = KeyPair.generate()
         node = Node(name, keys.public, str(pool.allocate()), behind_nat=name == "s2")
         hub.add_spoke(node)
-        spokes.append(SpokeNode.start(backend, node, keys, hub_node, str(pool.network), 51820,
-                                      NodePlacement(f"cs{name}", state / name)))
-    server = subprocess.Popen([sys.executable, "-m", "computeswarm.tunnel.probe", "serve",
-                               hub.tunnel.address, str(ECHO_PORT)], stdout=subprocess.DEVNULL)
+        spokes.append(
+            SpokeNode.start(
+                backend,
+                node,
+                keys,
+                hub_node,
+                str(pool.network),
+                51820,
+                NodePlacement(f"cs{name}", state / name),
+            )
+        )
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "computeswarm.tunnel.probe",
+            "serve",
+            hub.tunnel.address,
+            str(ECHO_PORT),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         from computeswarm.tunnel.probe import rtt, wait_until_listening
 
         wait_until_listening(hub.tunnel.address, ECHO_PORT)
         print(f"hub {hub.node.address} -> {hub.tunnel.address}")
         for spoke in spokes:
-            _show(f"{spoke.node.name} ({spoke.tunnel.address}) -> hub",
-                  rtt(hub.tunnel.address, ECHO_PORT, source=spoke.tunnel.address))
+            _show(
+                f"{spoke.node.name} ({spoke.tunnel.address}) -> hub",
+                rtt(hub.tunnel.address, ECHO_PORT, source=spoke.tunnel.address),
+            )
         print(f"hub knows {len(hub.tunnel.peers())} peers")
     finally:
         server.terminate()

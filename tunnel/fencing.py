@@ -34,13 +34,19 @@ class UnderlayFence:
         ifs = _set_of(f'"{i}"' for i in self.underlay_ifaces)
         rules = [f"iifname {ifs} udp dport {self.wg_port} accept"]
         if self.public_tcp_ports:
-            rules.append(f"iifname {ifs} tcp dport {_set_of(map(str, self.public_tcp_ports))} accept")
+            rules.append(
+                f"iifname {ifs} tcp dport {_set_of(map(str, self.public_tcp_ports))} accept"
+            )
         rules += [
             f"iifname {ifs} ct state established,related accept",
             f"iifname {ifs} drop",
         ]
-        return ["chain input {", "type filter hook input priority filter; policy accept;",
-                *rules, "}"]
+        return [
+            "chain input {",
+            "type filter hook input priority filter; policy accept;",
+            *rules,
+            "}",
+        ]
 
 
 @dataclass(frozen=True)
@@ -87,8 +93,18 @@ def render(table: str, *fences: UnderlayFence | HubFence) -> str:
     if not _TABLE.match(table):
         raise ValueError(f"nft table name {table!r} must be letters, digits and _")
     body = [line for fence in fences for line in fence.rules()]
-    return "\n".join([f"table inet {table}", f"delete table inet {table}",
-                      f"table inet {table} {{", *body, "}"]) + "\n"
+    return (
+        "\n".join(
+            [
+                f"table inet {table}",
+                f"delete table inet {table}",
+                f"table inet {table} {{",
+                *body,
+                "}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def apply(table: str, *fences: UnderlayFence | HubFence, namespace: str | None = None) -> None:

@@ -172,5 +172,3 @@ def _decode_key(text: str, field: str) -> bytes:
 
 def _encode(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
-
-

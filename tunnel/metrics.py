@@ -21,8 +21,9 @@ Snapshot = tuple[str, list[PeerStatus], dict[str, str]]
 class TunnelCollector(Collector):
     """Collects from `source()`, which returns one Snapshot per interface."""
 
-    def __init__(self, source: Callable[[], Iterable[Snapshot]],
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self, source: Callable[[], Iterable[Snapshot]], clock: Callable[[], float] = time.time
+    ):
         self.source = source
         self.clock = clock
 
@@ -31,13 +32,21 @@ class TunnelCollector(Collector):
         age = GaugeMetricFamily(
             "computeswarm_tunnel_peer_handshake_age_seconds",
             "Seconds since the latest WireGuard handshake with the peer (-1: never).",
-            labels=labels)
-        rx = CounterMetricFamily("computeswarm_tunnel_peer_received_bytes",
-                                 "Bytes received from the peer over WireGuard.", labels=labels)
-        tx = CounterMetricFamily("computeswarm_tunnel_peer_sent_bytes",
-                                 "Bytes sent to the peer over WireGuard.", labels=labels)
-        peers = GaugeMetricFamily("computeswarm_tunnel_peers", "Configured peers per interface.",
-                                  labels=["interface"])
+            labels=labels,
+        )
+        rx = CounterMetricFamily(
+            "computeswarm_tunnel_peer_received_bytes",
+            "Bytes received from the peer over WireGuard.",
+            labels=labels,
+        )
+        tx = CounterMetricFamily(
+            "computeswarm_tunnel_peer_sent_bytes",
+            "Bytes sent to the peer over WireGuard.",
+            labels=labels,
+        )
+        peers = GaugeMetricFamily(
+            "computeswarm_tunnel_peers", "Configured peers per interface.", labels=["interface"]
+        )
         now = self.clock()
         for iface, statuses, names in self.source():
             peers.add_metric([iface], len(statuses))

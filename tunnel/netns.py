@@ -45,7 +45,11 @@ def run(
 
 
 def popen(
-    argv: Sequence[str], *, netns: str | None = None, log: Path | None = None, env: dict | None = None
+    argv: Sequence[str],
+    *,
+    netns: str | None = None,
+    log: Path | None = None,
+    env: dict | None = None,
 ) -> subprocess.Popen:
     """Start a long-running process in its own session (so it can be killed as a group)."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child

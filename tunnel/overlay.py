@@ -43,8 +43,14 @@ class NodePlacement:
 class HubNode:
     """The hub: forwards between spokes that share a group, and nothing else."""
 
-    def __init__(self, node: Node, overlay_cidr: str, tunnel: Tunnel, placement: NodePlacement,
-                 public_tcp_ports: tuple[int, ...]):
+    def __init__(
+        self,
+        node: Node,
+        overlay_cidr: str,
+        tunnel: Tunnel,
+        placement: NodePlacement,
+        public_tcp_ports: tuple[int, ...],
+    ):
         self.node = node
         self.overlay_cidr = overlay_cidr
         self.tunnel = tunnel
@@ -54,14 +60,25 @@ class HubNode:
         self.groups: dict[str, frozenset[str]] = {}
 
     @classmethod
-    def start(cls, backend: TunnelBackend, node: Node, keypair: KeyPair, overlay_cidr: str,
-              listen_port: int, placement: NodePlacement,
-              public_tcp_ports: tuple[int, ...] = ()) -> HubNode:
+    def start(
+        cls,
+        backend: TunnelBackend,
+        node: Node,
+        keypair: KeyPair,
+        overlay_cidr: str,
+        listen_port: int,
+        placement: NodePlacement,
+        public_tcp_ports: tuple[int, ...] = (),
+    ) -> HubNode:
         prefix = overlay_cidr.split("/")[1]
-        config = InterfaceConfig(private_key=keypair.private,
-                                 addresses=(f"{node.address}/{prefix}",), listen_port=listen_port)
-        tunnel = backend.up(TunnelSpec(placement.iface, config, placement.state_dir,
-                                       netns=placement.netns))
+        config = InterfaceConfig(
+            private_key=keypair.private,
+            addresses=(f"{node.address}/{prefix}",),
+            listen_port=listen_port,
+        )
+        tunnel = backend.up(
+            TunnelSpec(placement.iface, config, placement.state_dir, netns=placement.netns)
+        )
         hub = cls(node, overlay_cidr, tunnel, placement, public_tcp_ports)
         try:
             if hub.fenced:
@@ -104,9 +121,11 @@ class HubNode:
     def _apply_fence(self) -> None:
         fencing.apply(
             self.placement.fence_table,
-            fencing.UnderlayFence(self.placement.underlay_ifaces,
-                                  self.tunnel.spec.config.listen_port or 0,
-                                  self.public_tcp_ports),
+            fencing.UnderlayFence(
+                self.placement.underlay_ifaces,
+                self.tunnel.spec.config.listen_port or 0,
+                self.public_tcp_ports,
+            ),
             fencing.HubFence(self.placement.iface, self.groups),
             namespace=self.placement.netns,
         )
@@ -115,8 +134,9 @@ class HubNode:
 class SpokeNode:
     """A seller's end: the hub for the whole range, plus direct links inside its lease."""
 
-    def __init__(self, node: Node, hub: Node, overlay_cidr: str, tunnel: Tunnel,
-                 placement: NodePlacement):
+    def __init__(
+        self, node: Node, hub: Node, overlay_cidr: str, tunnel: Tunnel, placement: NodePlacement
+    ):
         self.node = node
         self.hub = hub
         self.overlay_cidr = overlay_cidr
@@ -125,8 +145,16 @@ class SpokeNode:
         self.direct: dict[str, tuple[Node, float]] = {}  # public key -> (node, linked at)
 
     @classmethod
-    def start(cls, backend: TunnelBackend, node: Node, keypair: KeyPair, hub: Node,
-              overlay_cidr: str, listen_port: int, placement: NodePlacement) -> SpokeNode:
+    def start(
+        cls,
+        backend: TunnelBackend,
+        node: Node,
+        keypair: KeyPair,
+        hub: Node,
+        overlay_cidr: str,
+        listen_port: int,
+        placement: NodePlacement,
+    ) -> SpokeNode:
         prefix = overlay_cidr.split("/")[1]
         config = InterfaceConfig(
             private_key=keypair.private,
@@ -134,14 +162,21 @@ class SpokeNode:
             listen_port=listen_port,
             peers=(spoke_peer_for_hub(hub, overlay_cidr, behind_nat=node.behind_nat),),
         )
-        spec = TunnelSpec(placement.iface, config, placement.state_dir, netns=placement.netns,
-                          workload_netns=placement.workload_netns)
+        spec = TunnelSpec(
+            placement.iface,
+            config,
+            placement.state_dir,
+            netns=placement.netns,
+            workload_netns=placement.workload_netns,
+        )
         spoke = cls(node, hub, overlay_cidr, backend.up(spec), placement)
         try:
             if spoke.fenced:
-                fencing.apply(placement.fence_table,
-                              fencing.UnderlayFence(placement.underlay_ifaces, listen_port),
-                              namespace=placement.netns)
+                fencing.apply(
+                    placement.fence_table,
+                    fencing.UnderlayFence(placement.underlay_ifaces, listen_port),
+                    namespace=placement.netns,
+                )
         except BaseException:
             spoke.stop()
             raise
@@ -150,6 +185,17 @@ class SpokeNode:
     @property
     def fenced(self) -> bool:
         return self.placement.fence_table is not None and not _is_loopback(self.tunnel)
+
+    def reconnect(self) -> None:
+        """Drop the session with the hub and handshake afresh (after the hub re-admits us).
+
+        A spoke whose peer entry was removed on the hub keeps sending on its old session,
+        which the hub no longer knows, until WireGuard gives up on it (~15 s); re-setting
+        the hub peer starts a new handshake at the next packet.
+        """
+        peer = spoke_peer_for_hub(self.hub, self.overlay_cidr, behind_nat=self.node.behind_nat)
+        self.tunnel.remove_peer(peer.public_key)
+        self.tunnel.set_peer(peer)
 
     def link_direct(self, other: Node, now: float | None = None) -> None:
         self.tunnel.set_peer(direct_peer_for(other))
@@ -174,8 +220,9 @@ class SpokeNode:
     def rekey(self, pair: KeyPair) -> None:
         """Switch to a new key pair (the hub must be given the new public key)."""
         self.tunnel.rekey(pair)
-        self.node = Node(self.node.name, pair.public, self.node.address, self.node.endpoint,
-                         self.node.behind_nat)
+        self.node = Node(
+            self.node.name, pair.public, self.node.address, self.node.endpoint, self.node.behind_nat
+        )
 
     def stop(self) -> None:
         if self.fenced:

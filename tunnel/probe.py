@@ -1,7 +1,7 @@
 """A tiny TCP echo service and client to prove and time reachability across the overlay.
 
-Run as `python -m computeswarm.tunnel.probe serve ADDR PORT` or `... rtt ADDR PORT`, often
-inside a namespace. `rtt` prints one JSON line: {"ok": bool, "median_ms": ..., "error": ...}.
+Run as `python -m computeswarm.tunnel.probe serve|rtt|stream ADDR PORT`, often inside a
+namespace. `rtt` and `stream` print one JSON line with "ok" and the figures or "error".
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ def serve(address: str, port: int) -> None:
         server.serve_forever()
 
 
-def rtt(address: str, port: int, *, count: int = 5, timeout: float = 3.0,
-        source: str | None = None) -> dict:
+def rtt(
+    address: str, port: int, *, count: int = 5, timeout: float = 3.0, source: str | None = None
+) -> dict:
     """Median TCP round trip over `count` echoes, or the error that stopped it."""
     try:
-        with socket.create_connection((address, port), timeout=timeout,
-                                      source_address=(source, 0) if source else None) as s:
+        with socket.create_connection(
+            (address, port), timeout=timeout, source_address=(source, 0) if source else None
+        ) as s:
             samples = []
             for i in range(count):
                 payload = f"ping {i}".encode()
@@ -54,6 +56,28 @@ def rtt(address: str, port: int, *, count: int = 5, timeout: float = 3.0,
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
 
 
+def stream(address: str, port: int, seconds: float, *, interval: float = 0.02) -> dict:
+    """Echo continuously over one connection for `seconds`: did traffic keep flowing?
+
+    Reports the longest gap between two answered echoes, so a stall (not only a
+    broken connection) shows up.
+    """
+    echoes, longest, last = 0, 0.0, time.perf_counter()
+    try:
+        with socket.create_connection((address, port), timeout=5) as s:
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                s.sendall(b"x")
+                if s.recv(1) != b"x":
+                    raise ConnectionError("connection closed by the echo server")
+                now = time.perf_counter()
+                longest, last, echoes = max(longest, now - last), now, echoes + 1
+                time.sleep(interval)
+        return {"ok": True, "echoes": echoes, "max_gap_ms": round(longest * 1000, 1)}
+    except OSError as e:
+        return {"ok": False, "echoes": echoes, "error": f"{type(e).__name__}: {e}"}
+
+
 def wait_until_listening(address: str, port: int, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -66,15 +90,20 @@ def wait_until_listening(address: str, port: int, timeout: float = 10.0) -> bool
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) >= 3 and argv[0] in ("serve", "rtt"):
+    if len(argv) >= 3 and argv[0] in ("serve", "rtt", "stream"):
         if argv[0] == "serve":
             serve(argv[1], int(argv[2]))
             return 0
-        source = argv[3] if len(argv) > 3 else None
-        result = rtt(argv[1], int(argv[2]), source=source)
-        print(json.dumps(result))
+        if argv[0] == "stream":
+            result = stream(argv[1], int(argv[2]), float(argv[3]) if len(argv) > 3 else 3.0)
+        else:
+            result = rtt(argv[1], int(argv[2]), source=argv[3] if len(argv) > 3 else None)
+        print(json.dumps(result), flush=True)
         return 0 if result["ok"] else 1
-    print("usage: probe serve ADDR PORT | probe rtt ADDR PORT [SOURCE]", file=sys.stderr)
+    print(
+        "usage: probe serve ADDR PORT | rtt ADDR PORT [SOURCE] | stream ADDR PORT [SECONDS]",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -47,13 +47,21 @@ class Host:
     behind_nat: bool = False
     iface: str = "eth0"
 
-    def run(self, argv: Sequence[str], *, check: bool = True, timeout: float = 30,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 30,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         return netns.run(argv, netns=self.netns, check=check, timeout=timeout, input=input)
 
 
 @dataclass
 class Testbed:
+    __test__ = False  # not a pytest test class, despite the name
+
     run_id: str
     hosts: dict[str, Host] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)
@@ -65,8 +73,14 @@ class Testbed:
     # -- creation -------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, hosts: Sequence[str], *, nat_hosts: Sequence[str] = (),
-               seller_lan: bool = False, run_id: str | None = None) -> Testbed:
+    def create(
+        cls,
+        hosts: Sequence[str],
+        *,
+        nat_hosts: Sequence[str] = (),
+        seller_lan: bool = False,
+        run_id: str | None = None,
+    ) -> Testbed:
         """Build the testbed; on any failure, everything made so far is removed."""
         if not netns.is_root():
             raise PermissionError("the testbed needs root (network namespaces)")
@@ -120,8 +134,10 @@ class Testbed:
 
     def _wire(self, ns: str, switch_ns: str, bridge: str, port: str, address: str) -> None:
         """A veth from `ns` (as eth0) to a port of `bridge` in `switch_ns`."""
-        netns.run(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", port,
-                   "netns", switch_ns], netns=ns)
+        netns.run(
+            ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", switch_ns],
+            netns=ns,
+        )
         netns.run(["ip", "link", "set", port, "master", bridge, "up"], netns=switch_ns)
         netns.run(["ip", "addr", "add", address, "dev", "eth0"], netns=ns)
         netns.run(["ip", "link", "set", "eth0", "up"], netns=ns)
@@ -146,8 +162,9 @@ class Testbed:
 
     def spawn(self, host: str, argv: Sequence[str], *, log: Path | None = None) -> subprocess.Popen:
         """Start a process in `host`'s namespace; it is killed when the testbed goes."""
-        process = netns.popen(argv, netns=self.host(host).netns if host in self.hosts else host,
-                              log=log)
+        process = netns.popen(
+            argv, netns=self.host(host).netns if host in self.hosts else host, log=log
+        )
         self.processes.append(process)
         self._save()
         return process
@@ -221,7 +238,7 @@ def clean(*, include_live: bool = False) -> list[str]:
     for ns in netns.list_all():
         if _looks_like_ours(ns) and ns not in claimed:
             _remove_namespaces([ns])
-            run = ns[len(PREFIX):].split("-")[0]
+            run = ns[len(PREFIX) :].split("-")[0]
             if run not in removed:
                 removed.append(run)
     return removed
@@ -287,7 +304,7 @@ def _start_time(pid: int) -> int | None:
 
 
 def _looks_like_ours(ns: str) -> bool:
-    parts = ns[len(PREFIX):].split("-") if ns.startswith(PREFIX) else []
+    parts = ns[len(PREFIX) :].split("-") if ns.startswith(PREFIX) else []
     return len(parts) >= 2 and len(parts[0]) == 6 and all(c in "0123456789abcdef" for c in parts[0])
 
 
@@ -296,14 +313,19 @@ def _subnet_index(run_id: str) -> int:
 
 
 def _nat_rules() -> str:
-    return "\n".join([
-        "table ip cs_nat {",
-        "chain postrouting { type nat hook postrouting priority srcnat; oifname \"eth0\" masquerade; }",
-        "chain forward { type filter hook forward priority filter; policy accept;",
-        "iifname \"eth0\" ct state established,related accept;",
-        "iifname \"eth0\" drop; }",
-        "}",
-    ]) + "\n"
+    """Masquerade out of the WAN side; nothing unsolicited comes in (a home router)."""
+    return """table ip cs_nat {
+    chain postrouting {
+        type nat hook postrouting priority srcnat;
+        oifname "eth0" masquerade
+    }
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        iifname "eth0" ct state established,related accept
+        iifname "eth0" drop
+    }
+}
+"""
 
 
 def _raise_system_exit(signum: int, _frame: object) -> None:

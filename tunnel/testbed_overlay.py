@@ -27,6 +27,8 @@ FENCE_TABLE = "cs_fence"
 
 @dataclass
 class TestbedOverlay:
+    __test__ = False  # not a pytest test class, despite the name
+
     bed: Testbed
     backend: TunnelBackend
     pool: AddressPool
@@ -35,9 +37,16 @@ class TestbedOverlay:
     spokes: dict[str, SpokeNode] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, backend: TunnelBackend, sellers: Sequence[str], *,
-              nat_sellers: Sequence[str] = (), overlay_cidr: str = "10.90.0.0/16",
-              state_dir: Path | None = None, run_id: str | None = None) -> TestbedOverlay:
+    def start(
+        cls,
+        backend: TunnelBackend,
+        sellers: Sequence[str],
+        *,
+        nat_sellers: Sequence[str] = (),
+        overlay_cidr: str = "10.90.0.0/16",
+        state_dir: Path | None = None,
+        run_id: str | None = None,
+    ) -> TestbedOverlay:
         bed = Testbed.create(["hub", *sellers], nat_hosts=nat_sellers, run_id=run_id)
         state = state_dir or Path(f"/tmp/computeswarm-testbed/{bed.run_id}")
         lab = cls(bed, backend, AddressPool.from_cidr(overlay_cidr), state)
@@ -53,26 +62,47 @@ class TestbedOverlay:
     def _start_hub(self) -> None:
         host = self.bed.host("hub")
         keys = KeyPair.generate()
-        node = Node("hub", keys.public, str(self.pool.hub),
-                    endpoint=f"{host.ip}:{DEFAULT_LISTEN_PORT}")
-        placement = NodePlacement(self.bed.iface_name("hub"), self.state_dir / "hub",
-                                  netns=host.netns, fence_table=FENCE_TABLE)
-        self.hub = HubNode.start(self.backend, node, keys, str(self.pool.network),
-                                 DEFAULT_LISTEN_PORT, placement)
+        node = Node(
+            "hub", keys.public, str(self.pool.hub), endpoint=f"{host.ip}:{DEFAULT_LISTEN_PORT}"
+        )
+        placement = NodePlacement(
+            self.bed.iface_name("hub"),
+            self.state_dir / "hub",
+            netns=host.netns,
+            fence_table=FENCE_TABLE,
+        )
+        self.hub = HubNode.start(
+            self.backend, node, keys, str(self.pool.network), DEFAULT_LISTEN_PORT, placement
+        )
 
     def add_seller(self, name: str, keys: KeyPair | None = None) -> SpokeNode:
         """Enroll a seller: new address, its own key, tunnel up, hub told its public key."""
         host = self.bed.host(name)
         keys = keys or KeyPair.generate()
-        node = Node(name, keys.public, str(self.pool.allocate()),
-                    endpoint=None if host.behind_nat else f"{host.ip}:{DEFAULT_LISTEN_PORT}",
-                    behind_nat=host.behind_nat)
-        placement = NodePlacement(self.bed.iface_name(name), self.state_dir / name,
-                                  netns=host.netns, fence_table=FENCE_TABLE,
-                                  workload_netns=self.bed.workload_namespace(name))
+        node = Node(
+            name,
+            keys.public,
+            str(self.pool.allocate()),
+            endpoint=None if host.behind_nat else f"{host.ip}:{DEFAULT_LISTEN_PORT}",
+            behind_nat=host.behind_nat,
+        )
+        placement = NodePlacement(
+            self.bed.iface_name(name),
+            self.state_dir / name,
+            netns=host.netns,
+            fence_table=FENCE_TABLE,
+            workload_netns=self.bed.workload_namespace(name),
+        )
         self.hub.add_spoke(node)
-        spoke = SpokeNode.start(self.backend, node, keys, self.hub.node,
-                                str(self.pool.network), DEFAULT_LISTEN_PORT, placement)
+        spoke = SpokeNode.start(
+            self.backend,
+            node,
+            keys,
+            self.hub.node,
+            str(self.pool.network),
+            DEFAULT_LISTEN_PORT,
+            placement,
+        )
         self.spokes[name] = spoke
         return spoke
 
@@ -80,15 +110,20 @@ class TestbedOverlay:
         return self.spokes[seller].placement.workload_netns
 
     def serve_echo(self, netns: str, address: str, port: int) -> None:
-        self.bed.spawn(netns, [sys.executable, "-m", "computeswarm.tunnel.probe", "serve",
-                               address, str(port)])
+        self.bed.spawn(
+            netns, [sys.executable, "-m", "computeswarm.tunnel.probe", "serve", address, str(port)]
+        )
 
     def rtt(self, netns: str, address: str, port: int, *, wait_s: float = 10.0) -> dict:
         """TCP round trip from `netns` to address:port, retried while the path comes up."""
         deadline = time.monotonic() + wait_s
         while True:
-            done = netns_tools.run(netns=netns, check=False, timeout=30, argv=[sys.executable, "-m", "computeswarm.tunnel.probe",
-                                        "rtt", address, str(port)])
+            done = netns_tools.run(
+                netns=netns,
+                check=False,
+                timeout=30,
+                argv=[sys.executable, "-m", "computeswarm.tunnel.probe", "rtt", address, str(port)],
+            )
             result = json.loads(done.stdout or '{"ok": false, "error": "no output"}')
             if result["ok"] or time.monotonic() > deadline:
                 return result

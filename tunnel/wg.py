@@ -70,8 +70,7 @@ def setconf(iface: str, config: InterfaceConfig, *, namespace: str | None = None
 
 def set_peer(iface: str, peer: PeerConfig, *, namespace: str | None = None) -> None:
     """Add a peer or update it in place (allowed IPs are replaced, not merged)."""
-    argv = ["wg", "set", iface, "peer", peer.public_key,
-            "allowed-ips", ",".join(peer.allowed_ips)]
+    argv = ["wg", "set", iface, "peer", peer.public_key, "allowed-ips", ",".join(peer.allowed_ips)]
     if peer.endpoint:
         argv += ["endpoint", peer.endpoint]
     argv += ["persistent-keepalive", str(peer.persistent_keepalive or "off")]

@@ -6,6 +6,11 @@ import subprocess
 
 import pytest
 
+try:  # imported before the guard below, since Ray subclasses subprocess.Popen at import
+    import ray
+except ImportError:  # pragma: no cover
+    ray = None
+
 
 @pytest.fixture(autouse=True)
 def _no_ray_no_commands(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -14,8 +19,5 @@ def _no_ray_no_commands(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(subprocess, "run", refuse)
     monkeypatch.setattr(subprocess, "Popen", refuse)
-    try:
-        import ray
-    except ImportError:
-        return
-    monkeypatch.setattr(ray, "init", refuse)
+    if ray is not None:
+        monkeypatch.setattr(ray, "init", refuse)

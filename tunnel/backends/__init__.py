@@ -15,8 +15,16 @@ BACKENDS: dict[str, type[TunnelBackend]] = {
     "none": NoneBackend,
 }
 
-__all__ = ["BACKENDS", "Capability", "Tunnel", "TunnelBackend", "TunnelSpec", "doctor",
-           "get_backend", "best_backend"]
+__all__ = [
+    "BACKENDS",
+    "Capability",
+    "Tunnel",
+    "TunnelBackend",
+    "TunnelSpec",
+    "best_backend",
+    "doctor",
+    "get_backend",
+]
 
 
 def get_backend(name: str) -> TunnelBackend:

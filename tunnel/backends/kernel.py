@@ -34,8 +34,9 @@ def _probe_kernel_module() -> Capability:
     probe = f"cs-probe-{os.getpid()}"
     try:
         netns.create(probe)
-        done = netns.run(["ip", "link", "add", "wgprobe", "type", "wireguard"], netns=probe,
-                         check=False)
+        done = netns.run(
+            ["ip", "link", "add", "wgprobe", "type", "wireguard"], netns=probe, check=False
+        )
     finally:
         netns.delete(probe)
     if done.returncode == 0:

@@ -96,8 +96,9 @@ def _wait_for_socket(iface: str, process: subprocess.Popen, log: Path) -> None:
         if path.exists() and _socket_alive(path):
             return
         time.sleep(0.02)
-    raise CommandFailed(["wireguard-go", "-f", iface], -1,
-                        f"no control socket {path} after {START_TIMEOUT_S:g} s")
+    raise CommandFailed(
+        ["wireguard-go", "-f", iface], -1, f"no control socket {path} after {START_TIMEOUT_S:g} s"
+    )
 
 
 def _socket_alive(path: Path) -> bool:

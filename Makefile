@@ -1,0 +1,29 @@
+# The README's two commands are `make demo` and `make test`; both set everything up first.
+.PHONY: setup demo test lint format bench clean
+
+VENV := .venv/bin
+
+setup:
+	bash setup.sh
+
+demo: setup
+	$(VENV)/computeswarm tunnel demo
+
+test: setup
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/pytest -m "not bench" tests
+
+lint: setup
+	$(VENV)/ruff check .
+
+format: setup
+	$(VENV)/ruff format .
+	$(VENV)/ruff check --fix .
+
+# Benchmarks: slow, noisy, never in CI. Each prints its figure as a ratio to a baseline.
+bench: setup
+	$(VENV)/python -m computeswarm.tests.bench.overlay_throughput
+
+clean:
+	$(VENV)/computeswarm testbed clean

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up everything ComputeSwarm needs on a fresh Debian machine: system packages (as root)
+# and the virtual environment in .venv. Idempotent and quick when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES=(wireguard-tools wireguard-go nftables iproute2 iputils-ping iperf3 procps)
+# The CPU build; an unpinned torch pulls a multi-GB CUDA build.
+TORCH_PIN="torch==2.13.0"
+
+if [ "$(id -u)" = 0 ]; then
+  missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing system packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+else
+  echo "setup: not root, skipping system packages (${APT_PACKAGES[*]});" \
+       "the tunnel falls back to the 'none' backend and root-only tests skip"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=".venv/.computeswarm-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing Python packages into .venv (a few minutes the first time)"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q "$TORCH_PIN"
+  .venv/bin/pip install -q -e '.[test]'
+  echo "$want" > "$stamp"
+fi
