@@ -36,12 +36,10 @@ def main() -> None:
         sys.exit(1)
     except (typer.Exit, typer.Abort) as e:
         sys.exit(getattr(e, "exit_code", 1))
-    except Exception as e:  # click's usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:
+        if callable(getattr(e, "show", None)):  # typer's usage errors print themselves
             e.show()
-            sys.exit(e.exit_code)
+            sys.exit(getattr(e, "exit_code", 2))
         if debug:
             raise
         typer.secho(

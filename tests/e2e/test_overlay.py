@@ -227,3 +227,27 @@ def send_bulk(lab, seller: str, address: str, size: int = 500_000) -> None:
         netns=lab.workload_netns(seller),
         timeout=30,
     )
+
+
+def test_seller_ports_are_closed_on_the_underlay_too(lab):
+    s1 = lab.bed.host("s1")
+    lab.serve_echo(s1.netns, "0.0.0.0", ECHO + 2)  # e.g. an agent port on the seller's host
+    assert lab.reachable(s1.netns, "127.0.0.1", ECHO + 2)
+    assert not lab.reachable(lab.bed.host("s2").netns, s1.ip, ECHO + 2, wait_s=0)
+
+
+def test_an_interface_name_in_use_anywhere_on_the_machine_is_refused(lab, tmp_path):
+    from computeswarm.tunnel.backends import TunnelSpec
+    from computeswarm.tunnel.config import InterfaceConfig
+    from computeswarm.tunnel.errors import InterfaceNameError
+
+    taken = lab.spokes["s1"].placement.iface  # lives in s1's namespaces
+    spec = TunnelSpec(
+        taken,
+        InterfaceConfig(private_key=KeyPair.generate().private),
+        tmp_path,
+        netns=lab.bed.host("s2").netns,
+    )
+    with pytest.raises(InterfaceNameError, match="unique across all namespaces"):
+        BACKENDS["userspace"]().up(spec)
+    assert lab.reachable(lab.workload_netns("s1"), lab.hub.node.address, ECHO)
