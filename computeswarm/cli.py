@@ -9,6 +9,7 @@ import sys
 
 import typer
 
+from computeswarm.cluster.cli import head_app, invite_app, seller_app, sellers_app
 from computeswarm.errors import ComputeSwarmError
 from computeswarm.tunnel.cli import testbed_app, tunnel_app
 
@@ -18,6 +19,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(head_app, name="head")
+app.add_typer(invite_app, name="invite")
+app.add_typer(sellers_app, name="sellers")
+app.add_typer(seller_app, name="seller")
 app.add_typer(tunnel_app, name="tunnel")
 app.add_typer(testbed_app, name="testbed")
 

@@ -1,0 +1,280 @@
+"""The coordinator API: every endpoint checks the caller's role and ownership.
+
+What a caller may not know exists is a 404, never a 403. Errors are JSON
+`{"error": code, "detail": message}`; 429s carry `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from computeswarm import __version__
+from computeswarm.cluster import registry
+from computeswarm.cluster.accounts import Caller, Role, authenticate, create_account
+from computeswarm.cluster.api.middleware import AccessLog, BodyLimit
+from computeswarm.cluster.api.schemas import (
+    MICROS,
+    AccountCreate,
+    AccountCreated,
+    Enrolled,
+    EnrollRequest,
+    HeartbeatRequest,
+    HubInfo,
+    InviteCreate,
+    InviteCreated,
+    OfferRequest,
+    OfferView,
+    SellerView,
+)
+from computeswarm.cluster.coordinator import Coordinator
+from computeswarm.cluster.errors import ApiError, RateLimited
+from computeswarm.cluster.store.models import Offer, Seller
+from computeswarm.errors import UserError
+
+PROBE_MAX_BYTES = 8 * 1024 * 1024
+
+
+def create_app(coordinator: Coordinator) -> FastAPI:
+    app = FastAPI(title="ComputeSwarm coordinator", version=__version__)
+    app.state.coordinator = coordinator
+    _add_error_handlers(app)
+    _add_routes(app, coordinator)
+    app.add_middleware(AccessLog, latency=coordinator.latency)
+    app.add_middleware(BodyLimit, max_bytes=coordinator.config.limits.max_body_bytes)
+    return app
+
+
+def _add_routes(app: FastAPI, c: Coordinator) -> None:
+    def caller(request: Request) -> Caller:
+        header = request.headers.get("authorization", "")
+        presented = header[7:].strip() if header.lower().startswith("bearer ") else None
+        with c.store.transaction() as db:
+            who = authenticate(db, presented)
+        _rate_limit(c, f"key:{who.key_id}")
+        request.scope.setdefault("state", {})["key_id"] = who.key_id
+        return who
+
+    def anonymous(request: Request) -> None:
+        _rate_limit(c, f"ip:{request.client.host if request.client else '?'}")
+
+    # -- system ---------------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["system"])
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["system"])
+    def readyz() -> JSONResponse:
+        checks = c.readiness()
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["system"])
+    def metrics() -> Response:
+        return Response(generate_latest(c.metrics), media_type=CONTENT_TYPE_LATEST)
+
+    # -- enrollment -----------------------------------------------------------------------
+
+    @app.get(
+        "/v1/hub", response_model=HubInfo, tags=["enrollment"], dependencies=[Depends(anonymous)]
+    )
+    def hub(request: Request) -> dict:
+        """What a node needs before enrolling: the hub's public key and endpoint."""
+        return {
+            **c.hub_info(),
+            "observed_client_host": request.client.host if request.client else None,
+        }
+
+    @app.post("/v1/invites", response_model=InviteCreated, tags=["enrollment"])
+    def create_invite(body: InviteCreate, who: Caller = Depends(caller)) -> dict:
+        with c.store.transaction() as db:
+            token, expires = registry.create_invite(
+                db, who, body.ttl_s or c.config.invite_ttl_s, body.note, c.clock()
+            )
+        return {"invite": token, "expires_at": expires}
+
+    @app.post(
+        "/v1/enroll",
+        response_model=Enrolled,
+        tags=["enrollment"],
+        dependencies=[Depends(anonymous)],
+    )
+    def enroll(body: EnrollRequest) -> dict:
+        """Redeem an invite with the node's public key and proof of possession."""
+        enrollment = c.enroll(**body.model_dump())
+        seller = enrollment.seller
+        return {
+            "seller_id": seller.id,
+            "address": seller.address,
+            "api_key": enrollment.api_key,
+            "rejoined": enrollment.rejoined,
+            "hub": c.hub_info(),
+        }
+
+    # -- accounts -------------------------------------------------------------------------
+
+    @app.post("/v1/accounts", response_model=AccountCreated, tags=["accounts"])
+    def create_account_route(body: AccountCreate, who: Caller = Depends(caller)) -> dict:
+        who.require(Role.ADMIN)
+        with c.store.transaction() as db:
+            account, key = create_account(db, body.name, Role(body.role), c.clock())
+        return {
+            "account_id": account.id,
+            "name": account.name,
+            "role": account.role,
+            "api_key": key,
+        }
+
+    # -- sellers --------------------------------------------------------------------------
+
+    @app.get("/v1/sellers", response_model=list[SellerView], tags=["sellers"])
+    def list_sellers(include_left: bool = False, who: Caller = Depends(caller)) -> list[dict]:
+        with c.store.transaction() as db:
+            sellers = registry.visible_sellers(db, who, include_left=include_left)
+            offers = (
+                {
+                    o.seller_id: o
+                    for o in db.query(Offer).filter(Offer.seller_id.in_([s.id for s in sellers]))
+                }
+                if sellers
+                else {}
+            )
+            return [_seller_view(s, offers.get(s.id), who) for s in sellers]
+
+    @app.get("/v1/sellers/{seller_id}", response_model=SellerView, tags=["sellers"])
+    def get_seller(seller_id: str, who: Caller = Depends(caller)) -> dict:
+        with c.store.transaction() as db:
+            seller = (
+                registry.seller_for_buyer(db, seller_id)
+                if who.role is Role.BUYER
+                else registry.own_seller(db, who, seller_id)
+            )
+            return _seller_view(seller, db.get(Offer, seller_id), who)
+
+    @app.post("/v1/sellers/{seller_id}/heartbeat", response_model=SellerView, tags=["sellers"])
+    def heartbeat(seller_id: str, body: HeartbeatRequest, who: Caller = Depends(caller)) -> dict:
+        with c.store.transaction() as db:
+            seller = registry.heartbeat(
+                db,
+                who,
+                seller_id,
+                gpus=[g.model_dump() for g in body.gpus],
+                simulated=body.simulated,
+                rtt_ms=body.rtt_ms,
+                bandwidth_mbps=body.bandwidth_mbps,
+                now=c.clock(),
+            )
+            return _seller_view(seller, db.get(Offer, seller_id), who)
+
+    @app.put("/v1/sellers/{seller_id}/offer", response_model=OfferView, tags=["sellers"])
+    def put_offer(seller_id: str, body: OfferRequest, who: Caller = Depends(caller)) -> dict:
+        now = c.clock()
+        if body.available_until is not None and body.available_until <= now:
+            raise ApiError("available_until is in the past")
+        with c.store.transaction() as db:
+            offer = registry.set_offer(
+                db,
+                who,
+                seller_id,
+                price_micros=body.price_micros,
+                available_from=body.available_from,
+                available_until=body.available_until,
+                max_lease_hours=body.max_lease_hours,
+                now=now,
+            )
+            return _offer_view(offer)
+
+    @app.post("/v1/sellers/{seller_id}/leave", response_model=SellerView, tags=["sellers"])
+    def leave(seller_id: str, who: Caller = Depends(caller)) -> dict:
+        seller = c.leave(who, seller_id)
+        return _seller_view(seller, None, who)
+
+    @app.post("/v1/sellers/{seller_id}/disable", response_model=SellerView, tags=["sellers"])
+    def disable(seller_id: str, who: Caller = Depends(caller)) -> dict:
+        seller = c.disable(who, seller_id)
+        return _seller_view(seller, None, who)
+
+    @app.get("/v1/probe/bytes", tags=["sellers"])
+    def probe_bytes(size: int = 1024 * 1024, who: Caller = Depends(caller)) -> Response:
+        """Bytes to time a download with: the agent's bandwidth measurement over the overlay."""
+        size = max(1, min(size, PROBE_MAX_BYTES))
+        return Response(b"\0" * size, media_type="application/octet-stream")
+
+
+def _rate_limit(c: Coordinator, key: str) -> None:
+    wait = c.limiter.check(key)
+    if wait > 0:
+        raise RateLimited(wait)
+
+
+def _seller_view(seller: Seller, offer: Offer | None, who: Caller) -> dict:
+    view = {
+        "id": seller.id,
+        "name": seller.name,
+        "state": seller.state,
+        "gpus": seller.gpus or [],
+        "gpus_simulated": seller.gpus_simulated,
+        "rtt_ms": seller.rtt_ms,
+        "bandwidth_mbps": seller.bandwidth_mbps,
+        "last_heartbeat": seller.last_heartbeat,
+        "offer": _offer_view(offer) if offer else None,
+    }
+    if who.role is Role.ADMIN or seller.account_id == who.account_id:
+        view |= {
+            "address": seller.address,
+            "public_key": seller.public_key,
+            "endpoint": seller.endpoint,
+            "behind_nat": seller.behind_nat,
+            "left_at": seller.left_at,
+        }
+    return view
+
+
+def _offer_view(offer: Offer) -> dict:
+    price = Decimal(offer.price_per_gpu_hour_micros) / MICROS
+    return {
+        "price_per_gpu_hour": f"{price:.6f}".rstrip("0").rstrip("."),
+        "price_per_gpu_hour_micros": offer.price_per_gpu_hour_micros,
+        "available_from": offer.available_from,
+        "available_until": offer.available_until,
+        "max_lease_hours": offer.max_lease_hours,
+    }
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    def api_error(_request: Request, e: ApiError) -> JSONResponse:
+        headers = {}
+        if isinstance(e, RateLimited):
+            headers["Retry-After"] = str(max(1, math.ceil(e.retry_after_s)))
+        return JSONResponse(
+            {"error": e.code, "detail": e.detail}, status_code=e.status, headers=headers
+        )
+
+    @app.exception_handler(UserError)
+    def user_error(_request: Request, e: UserError) -> JSONResponse:
+        return JSONResponse({"error": "bad_request", "detail": str(e)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(_request: Request, e: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+            problems.append(
+                f"unknown field {where!r}"
+                if err["type"] == "extra_forbidden"
+                else f"{where}: {err['msg']}"
+            )
+        return JSONResponse(
+            {"error": "invalid_request", "detail": "; ".join(problems)}, status_code=422
+        )
+
+    @app.exception_handler(404)
+    def not_found(_request: Request, _e: Exception) -> PlainTextResponse | JSONResponse:
+        return JSONResponse({"error": "not_found", "detail": "no such endpoint"}, status_code=404)

@@ -1,0 +1,175 @@
+"""A typed client for the coordinator API, used by the CLI, the seller agent and tests.
+
+Server errors come back as the same ApiError classes the server raised, so callers
+handle `NotFound` or `RateLimited` rather than status codes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from computeswarm.cluster import errors
+
+_BY_STATUS: dict[int, type[errors.ApiError]] = {
+    401: errors.Unauthorized,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    409: errors.Conflict,
+}
+
+
+class CoordinatorClient:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- enrollment ---------------------------------------------------------------------
+
+    def hub(self) -> dict:
+        return self._call("GET", "/v1/hub")
+
+    def enroll(
+        self,
+        *,
+        invite: str,
+        public_key: str,
+        proof: str,
+        name: str,
+        endpoint: str | None,
+        behind_nat: bool,
+    ) -> dict:
+        return self._call(
+            "POST",
+            "/v1/enroll",
+            json={
+                "invite": invite,
+                "public_key": public_key,
+                "proof": proof,
+                "name": name,
+                "endpoint": endpoint,
+                "behind_nat": behind_nat,
+            },
+        )
+
+    def create_invite(self, ttl_s: float | None = None, note: str = "") -> dict:
+        return self._call("POST", "/v1/invites", json={"ttl_s": ttl_s, "note": note})
+
+    def create_account(self, name: str, role: str) -> dict:
+        return self._call("POST", "/v1/accounts", json={"name": name, "role": role})
+
+    # -- sellers ------------------------------------------------------------------------
+
+    def sellers(self, include_left: bool = False) -> list[dict]:
+        return self._call("GET", "/v1/sellers", params={"include_left": include_left})
+
+    def seller(self, seller_id: str) -> dict:
+        return self._call("GET", f"/v1/sellers/{seller_id}")
+
+    def heartbeat(
+        self,
+        seller_id: str,
+        *,
+        gpus: list[dict],
+        simulated: bool,
+        rtt_ms: float | None = None,
+        bandwidth_mbps: float | None = None,
+    ) -> dict:
+        return self._call(
+            "POST",
+            f"/v1/sellers/{seller_id}/heartbeat",
+            json={
+                "gpus": gpus,
+                "simulated": simulated,
+                "rtt_ms": rtt_ms,
+                "bandwidth_mbps": bandwidth_mbps,
+            },
+        )
+
+    def put_offer(
+        self,
+        seller_id: str,
+        *,
+        price_per_gpu_hour: str,
+        max_lease_hours: int = 24,
+        available_until: float | None = None,
+    ) -> dict:
+        return self._call(
+            "PUT",
+            f"/v1/sellers/{seller_id}/offer",
+            json={
+                "price_per_gpu_hour": price_per_gpu_hour,
+                "max_lease_hours": max_lease_hours,
+                "available_until": available_until,
+            },
+        )
+
+    def leave(self, seller_id: str) -> dict:
+        return self._call("POST", f"/v1/sellers/{seller_id}/leave")
+
+    def disable(self, seller_id: str) -> dict:
+        return self._call("POST", f"/v1/sellers/{seller_id}/disable")
+
+    # -- measurements -------------------------------------------------------------------
+
+    def rtt_ms(self, samples: int = 3) -> float:
+        """Median time of a trivial request: the application-level round trip."""
+        times = []
+        for _ in range(samples):
+            start = time.perf_counter()
+            self._call("GET", "/healthz")
+            times.append((time.perf_counter() - start) * 1000)
+        return sorted(times)[len(times) // 2]
+
+    def bandwidth_mbps(self, size: int = 1024 * 1024) -> float:
+        start = time.perf_counter()
+        response = self._send("GET", "/v1/probe/bytes", params={"size": size})
+        _raise_for(response)
+        elapsed = time.perf_counter() - start
+        return len(response.content) * 8 / elapsed / 1e6
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, **kwargs) -> dict | list:
+        response = self._send(method, path, **kwargs)
+        _raise_for(response)
+        return response.json()
+
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise errors.CoordinatorUnreachable(
+                f"cannot reach the coordinator at {self.url}: {type(e).__name__}: {e}"
+            ) from None
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+        code, detail = body.get("error", ""), body.get("detail", response.text)
+    except ValueError:
+        code, detail = "", response.text or response.reason_phrase
+    if response.status_code == 429:
+        raise errors.RateLimited(float(response.headers.get("retry-after", "1")))
+    if code == "invalid_invite":
+        raise errors.InvalidInvite(detail)
+    error = _BY_STATUS.get(response.status_code, errors.ApiError)(detail)
+    error.status = response.status_code
+    raise error

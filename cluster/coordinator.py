@@ -1,0 +1,275 @@
+"""The coordinator: the store, the WireGuard hub and the seller registry, wired together.
+
+API routes call these methods. Each one commits its transaction first and only then
+touches the hub, so a crash between the two leaves a state that `sync_hub()` repairs on
+the next start (the store is the truth; the hub is rebuilt from it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from computeswarm.cluster import registry
+from computeswarm.cluster.accounts import Caller, Role, create_account
+from computeswarm.cluster.config import CoordinatorConfig
+from computeswarm.cluster.metrics import SellerCollector, api_latency
+from computeswarm.cluster.ratelimit import RateLimiter
+from computeswarm.cluster.states import SellerState
+from computeswarm.cluster.store.db import Store
+from computeswarm.cluster.store.models import Account, Seller
+from computeswarm.errors import SystemError_
+from computeswarm.tunnel import netns
+from computeswarm.tunnel.addresses import AddressPool
+from computeswarm.tunnel.backends import TunnelBackend, best_backend, get_backend
+from computeswarm.tunnel.backends.none import NoneBackend
+from computeswarm.tunnel.keys import KeyPair, KeyStore
+from computeswarm.tunnel.metrics import TunnelCollector
+from computeswarm.tunnel.overlay import HubNode, NodePlacement
+from computeswarm.tunnel.topology import Node
+
+log = logging.getLogger("computeswarm.coordinator")
+ADMIN_KEY_FILE = "admin.key"
+ENROLL_ATTEMPTS = 8
+
+
+class Coordinator:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        backend: TunnelBackend | None = None,
+    ):
+        self.config = config
+        self.clock = clock
+        self.store = Store(config.resolved_database_url)
+        self.pool = AddressPool.from_cidr(config.overlay.cidr)
+        self.metrics = CollectorRegistry()
+        self.latency = api_latency(self.metrics)
+        self.metrics.register(SellerCollector(self.store, clock))
+        limits = config.limits
+        self.limiter = RateLimiter(limits.requests_per_second, limits.burst, time.monotonic)
+        self._backend = backend
+        self.hub: HubNode | None = None
+        self.backend_name = "none"
+        self.hub_keys: KeyPair | None = None
+        self._stop = threading.Event()
+        self._health: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store.migrate()
+        self._bootstrap_admin()
+        self.hub_keys = KeyStore(self.config.state_dir / "hub").load_or_create()
+        self._start_hub()
+        self.sync_hub()
+        self._health = threading.Thread(target=self._health_loop, name="health", daemon=True)
+        self._health.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._health:
+            self._health.join(5)
+        if self.hub:
+            self.hub.stop()
+            self.hub = None
+        self.store.close()
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.config.state_dir / ADMIN_KEY_FILE
+
+    def _bootstrap_admin(self) -> None:
+        """On first start, make the admin account and write its key to admin.key (0600)."""
+        with self.store.transaction() as db:
+            if db.scalar(select(Account.id).where(Account.role == Role.ADMIN.value)):
+                return
+            _, key = create_account(db, "admin", Role.ADMIN, self.clock())
+            fd = os.open(self.admin_key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key + "\n")
+        log.info("created the admin account; its API key is in %s", self.admin_key_path)
+
+    def _start_hub(self) -> None:
+        overlay = self.config.overlay
+        if self._backend is not None:
+            backend = self._backend
+        elif overlay.backend == "auto":
+            backend, _ = best_backend()
+        else:
+            backend = get_backend(overlay.backend)
+        node = Node("hub", self.hub_keys.public, str(self.pool.hub), endpoint=self.hub_endpoint())
+        fence = "cs_hub" if overlay.fence and not isinstance(backend, NoneBackend) else None
+        placement = NodePlacement(
+            overlay.interface,
+            self.config.state_dir / "tunnel",
+            underlay_ifaces=tuple(overlay.underlay_interfaces),
+            fence_table=fence,
+        )
+        self.hub = HubNode.start(
+            backend,
+            node,
+            self.hub_keys,
+            overlay.cidr,
+            overlay.listen_port,
+            placement,
+            public_tcp_ports=(self.config.listen_port,),
+        )
+        self.backend_name = backend.name
+        self.metrics.register(TunnelCollector(self._tunnel_snapshot))
+        log.info("hub up: backend %s, %s on %s", backend.name, node.address, overlay.interface)
+
+    def sync_hub(self) -> None:
+        """Make the hub's peers exactly the enrolled sellers that have not left."""
+        with self.store.transaction() as db:
+            sellers = db.scalars(
+                select(Seller).where(
+                    Seller.left_at.is_(None), Seller.state != SellerState.DISABLED.value
+                )
+            )
+            wanted = {s.public_key: _node(s) for s in sellers}
+        present = {p.public_key for p in self.hub.tunnel.peers()}
+        for key in present - set(wanted):
+            self.hub.remove_spoke(key)
+        for node in wanted.values():
+            self.hub.add_spoke(node)
+
+    # -- what the API calls ---------------------------------------------------------------
+
+    def hub_endpoint(self) -> str:
+        overlay = self.config.overlay
+        if overlay.public_endpoint:
+            return overlay.public_endpoint
+        return f"{self.public_host()}:{overlay.listen_port}"
+
+    def public_host(self) -> str:
+        if self.config.public_host:
+            return self.config.public_host
+        if self.config.listen_host not in ("0.0.0.0", "::"):
+            return self.config.listen_host
+        return _first_ipv4(self.config.overlay.underlay_interfaces) or "127.0.0.1"
+
+    def overlay_api_url(self) -> str:
+        address = self.hub.tunnel.address if self.hub else str(self.pool.hub)
+        return f"http://{address}:{self.config.listen_port}"
+
+    def hub_info(self) -> dict:
+        return {
+            "public_key": self.hub_keys.public,
+            "endpoint": self.hub_endpoint(),
+            "address": str(self.pool.hub),
+            "overlay_cidr": self.config.overlay.cidr,
+            "backend": self.backend_name,
+            "overlay_api_url": self.overlay_api_url(),
+            "heartbeat_interval_s": self.config.heartbeat.interval_s,
+            "heartbeat_timeout_s": self.config.heartbeat.timeout_s,
+        }
+
+    def enroll(self, **request) -> registry.Enrollment:
+        """Redeem an invite; retried when two enrollments race for the same next address."""
+        for attempt in range(ENROLL_ATTEMPTS):
+            try:
+                with self.store.transaction() as db:
+                    enrollment = registry.enroll(
+                        db,
+                        hub_keys=self.hub_keys,
+                        overlay_cidr=self.config.overlay.cidr,
+                        now=self.clock(),
+                        **request,
+                    )
+                break
+            except (IntegrityError, OperationalError):
+                if attempt == ENROLL_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        self.hub.add_spoke(_node(enrollment.seller))
+        log.info(
+            "seller %s enrolled at %s%s",
+            enrollment.seller.id,
+            enrollment.seller.address,
+            " (again)" if enrollment.rejoined else "",
+        )
+        return enrollment
+
+    def leave(self, caller: Caller, seller_id: str) -> Seller:
+        with self.store.transaction() as db:
+            seller = registry.leave(db, caller, seller_id, self.clock())
+        self.hub.remove_spoke(seller.public_key)
+        return seller
+
+    def disable(self, caller: Caller, seller_id: str) -> Seller:
+        with self.store.transaction() as db:
+            seller = registry.disable(db, caller, seller_id, self.clock())
+        self.hub.remove_spoke(seller.public_key)
+        return seller
+
+    def check_heartbeats(self) -> list[str]:
+        with self.store.transaction() as db:
+            stale = registry.mark_missed_heartbeats(
+                db, self.clock(), self.config.heartbeat.timeout_s
+            )
+            ids = [s.id for s in stale]
+        for seller_id in ids:
+            log.warning("seller %s missed its heartbeats: offline", seller_id)
+        return ids
+
+    def readiness(self) -> dict[str, str]:
+        """Each dependency's status: 'ok' or what is wrong."""
+        checks = {}
+        try:
+            self.store.ping()
+            checks["store"] = "ok"
+        except Exception as e:  # readiness reports, it does not raise
+            checks["store"] = f"{type(e).__name__}: {e}"
+        try:
+            if self.hub is None:
+                raise SystemError_("hub not started")
+            self.hub.tunnel.peers()
+            checks["hub"] = "ok"
+        except Exception as e:
+            checks["hub"] = f"{type(e).__name__}: {e}"
+        return checks
+
+    def _health_loop(self) -> None:
+        period = min(1.0, self.config.heartbeat.interval_s / 2)
+        while not self._stop.wait(period):
+            try:
+                self.check_heartbeats()
+            except Exception:  # keep watching; the next round retries
+                log.exception("heartbeat check failed")
+
+    def _tunnel_snapshot(self):
+        if not self.hub:
+            return []
+        with self.store.transaction() as db:
+            names = dict(db.execute(select(Seller.public_key, Seller.name)).all())
+        return [(self.config.overlay.interface, self.hub.tunnel.peers(), names)]
+
+
+def _node(seller: Seller) -> Node:
+    return Node(
+        seller.name,
+        seller.public_key,
+        seller.address,
+        endpoint=seller.endpoint,
+        behind_nat=seller.behind_nat,
+    )
+
+
+def _first_ipv4(interfaces: list[str]) -> str | None:
+    for iface in interfaces:
+        done = netns.run(["ip", "-4", "-o", "addr", "show", "dev", iface], check=False)
+        for line in done.stdout.splitlines():
+            return line.split()[3].split("/")[0]
+    return None

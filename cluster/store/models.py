@@ -1,0 +1,80 @@
+"""Tables. Times are unix seconds (float), money is integer micro-units, ids are text.
+
+Sellers are never deleted (innernet's rule): their address and key stay on record, so an
+address once given out is never handed out again.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the key's public prefix
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Invite(Base):
+    __tablename__ = "invites"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    note: Mapped[str] = mapped_column(String(200), default="")
+    redeemed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    redeemed_by_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seller_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class Seller(Base):
+    __tablename__ = "sellers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    public_key: Mapped[str] = mapped_column(String(64), unique=True)
+    address: Mapped[str] = mapped_column(String(45), unique=True)
+    address_int: Mapped[int] = mapped_column(BigInteger, unique=True)
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    endpoint: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    behind_nat: Mapped[bool] = mapped_column(Boolean, default=False)
+    gpus: Mapped[list] = mapped_column(JSON, default=list)
+    gpus_simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_heartbeat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rtt_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bandwidth_mbps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    enrolled_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    left_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # address retired
+
+
+class Offer(Base):
+    __tablename__ = "offers"
+
+    seller_id: Mapped[str] = mapped_column(ForeignKey("sellers.id"), primary_key=True)
+    price_per_gpu_hour_micros: Mapped[int] = mapped_column(BigInteger)
+    available_from: Mapped[float | None] = mapped_column(Float, nullable=True)
+    available_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_lease_hours: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[float] = mapped_column(Float)
