@@ -28,6 +28,7 @@ PID_FILE = "agent.pid"
 class OfferTerms:
     price_per_gpu_hour: str
     max_lease_hours: int = 24
+    available_hours: float | None = None  # from when the agent starts; None: open-ended
 
 
 class SellerAgent:

@@ -181,6 +181,9 @@ def seller_join(
     ),
     price: str = typer.Option("0.50", help="Ask per GPU-hour."),
     max_lease_hours: int = typer.Option(24, help="Longest lease accepted."),
+    available_hours: float | None = typer.Option(
+        None, help="Offer the GPUs for this many hours from now (default: open-ended)."
+    ),
     interface: str = typer.Option("cs0", help="WireGuard interface (unique on the machine)."),
     workload_netns: str = typer.Option("cs-work", help="Namespace for workloads."),
     backend: str = typer.Option("auto", help="kernel, userspace, none or auto."),
@@ -190,6 +193,7 @@ def seller_join(
         None, "--behind-nat/--public", help="Default: detected."
     ),
     detach: bool = typer.Option(False, help="Run the agent in the background."),
+    agent: bool = typer.Option(True, help="Start the agent (--no-agent: a service will)."),
 ) -> None:
     """Join the swarm with one command: keys, enrollment, tunnel, agent. Idempotent."""
     from computeswarm.cluster.seller import JoinOptions, ensure_tunnel, join
@@ -215,7 +219,8 @@ def seller_join(
         err=True,
     )
     typer.echo(ensure_tunnel(enrollment, state_dir), err=True)
-    _start_agent(state_dir, detach)
+    if agent:
+        _start_agent(state_dir, detach)
 
 
 @seller_app.command("run")
@@ -235,7 +240,7 @@ def seller_agent(state_dir: Path = SELLER_STATE) -> None:
     """The agent loop itself (started by join/run inside the workload namespace)."""
     import threading
 
-    from computeswarm.cluster.agent import OfferTerms, SellerAgent
+    from computeswarm.cluster.agent import SellerAgent
     from computeswarm.cluster.logs import configure_logging
 
     configure_logging()
@@ -247,7 +252,7 @@ def seller_agent(state_dir: Path = SELLER_STATE) -> None:
         enrollment.client(overlay=True),
         enrollment.seller_id,
         enrollment.gpu_list,
-        OfferTerms(enrollment.price_per_gpu_hour, enrollment.max_lease_hours),
+        enrollment.offer_terms,
         interval_s=enrollment.hub["heartbeat_interval_s"],
         state_dir=state_dir,
     )

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from computeswarm.cluster.agent import OfferTerms
 from computeswarm.cluster.client import CoordinatorClient
 from computeswarm.cluster.errors import ConfigError
 from computeswarm.cluster.gpus import Gpu, detect_gpus, parse_gpu_shorthand
@@ -48,6 +49,7 @@ class JoinOptions:
     simulate_gpus: str | None = None
     price_per_gpu_hour: str = "0.50"
     max_lease_hours: int = 24
+    available_hours: float | None = None
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Enrollment:
     gpus: list[dict]
     price_per_gpu_hour: str
     max_lease_hours: int
+    available_hours: float | None = None
 
     @classmethod
     def load(cls, state_dir: Path) -> Enrollment | None:
@@ -87,6 +90,10 @@ class Enrollment:
     @property
     def gpu_list(self) -> list[Gpu]:
         return [Gpu(**g) for g in self.gpus]
+
+    @property
+    def offer_terms(self) -> OfferTerms:
+        return OfferTerms(self.price_per_gpu_hour, self.max_lease_hours, self.available_hours)
 
     def client(self, *, overlay: bool) -> CoordinatorClient:
         return CoordinatorClient(

@@ -19,6 +19,29 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from computeswarm import __version__
+
+        typer.echo(f"computeswarm {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        callback=_print_version,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    """Rent out and rent consumer GPUs for distributed ML, as Ray clusters over WireGuard."""
+
+
 app.add_typer(head_app, name="head")
 app.add_typer(invite_app, name="invite")
 app.add_typer(sellers_app, name="sellers")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -110,138 +111,204 @@ def main() -> None:
             base = f"http://127.0.0.1:{port}"
             _wait_healthy(base, proc, log_path)
             admin_key = (Path(tmp) / "state" / "admin.key").read_text().strip()
-            runs = asyncio.run(_bench(base, admin_key, proc.pid, args))
+            runs, interval = asyncio.run(_bench(base, admin_key, proc.pid, args))
         finally:
             _stop(proc)
-        _report(runs, args)
+        _report(runs, interval, args)
         _report_log(log_path)
 
 
-async def _bench(base: str, admin_key: str, pid: int, args) -> dict[str, list[Run]]:
-    limits = httpx.Limits(
-        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+async def _bench(base: str, admin_key: str, pid: int, args) -> tuple[dict[str, list[Run]], float]:
+    """Enroll the sellers, then time both kinds of request; also the heartbeat interval."""
+    host, port = base.removeprefix("http://").split(":")
+    http = Connection(host, int(port))
+    status, body = await http.send(_request("GET", "/v1/hub"))
+    http.close()
+    if status != 200:
+        raise RuntimeError(f"GET /v1/hub answered {status}: {body[:200]!r}")
+    hub = json.loads(body)
+    started = time.perf_counter()
+    sellers, failures = await _enroll(
+        host, int(port), admin_key, hub["public_key"], args.sellers, args.concurrency
     )
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
-        started = time.perf_counter()
-        sellers, failures = await _enroll(http, admin_key, args.sellers, args.concurrency)
-        took = time.perf_counter() - started
-        print(
-            f"enrolled {len(sellers)} sellers in {took:.1f} s "
-            f"({len(sellers) / took:.0f}/s, invite + enroll each, {args.concurrency} in flight)"
-            + (f"; failed attempts (retried): {_counts(failures)}" if failures else ""),
-            flush=True,
+    took = time.perf_counter() - started
+    print(
+        f"enrolled {len(sellers)} sellers in {took:.1f} s "
+        f"({len(sellers) / took:.0f}/s, invite + enroll each, {args.concurrency} in flight)"
+        + (f"; failed attempts (retried): {_counts(failures)}" if failures else ""),
+        flush=True,
+    )
+    # Requests are encoded once up front, so the load generator only picks and sends bytes.
+    body = json.dumps(HEARTBEAT).encode()
+    heartbeats = [
+        _request(
+            "POST", f"/v1/sellers/{s.id}/heartbeat", body, {"Authorization": f"Bearer {s.api_key}"}
         )
-        requests = {
-            "heartbeat": lambda: _heartbeat(http, random.choice(sellers)),
-            "healthz": lambda: http.get("/healthz"),
-        }
-        runs: dict[str, list[Run]] = {kind: [] for kind in requests}
-        for i in range(args.runs):
-            # Alternate which kind goes first, so a drift over time (the store growing its
-            # WAL, the machine warming up) does not favour one side of the ratio.
-            order = list(requests) if i % 2 == 0 else list(reversed(requests))
-            for kind in order:
-                run = await _load(requests[kind], pid, args)
-                runs[kind].append(run)
-                print(
-                    f"  run {i + 1}/{args.runs} {kind:<9} {run.rate:8.0f} req/s  "
-                    f"p50 {run.percentile_ms(0.5):6.1f} ms  p99 {run.percentile_ms(0.99):6.1f} ms"
-                    f"  server cpu {run.server_cpu:4.0%}  client cpu {run.client_cpu:4.0%}"
-                    + (f"  errors: {_counts(run.errors)}" if run.errors else ""),
-                    flush=True,
-                )
-    return runs
+        for s in sellers
+    ]
+    healthz = _request("GET", "/healthz")
+    requests = {"heartbeat": lambda: random.choice(heartbeats), "healthz": lambda: healthz}
+    runs: dict[str, list[Run]] = {kind: [] for kind in requests}
+    for i in range(args.runs):
+        # Alternate which kind goes first, so a drift over time (the store growing its
+        # WAL, the machine warming up) does not favour one side of the ratio.
+        order = list(requests) if i % 2 == 0 else list(reversed(requests))
+        for kind in order:
+            run = await _load(host, int(port), requests[kind], pid, args)
+            runs[kind].append(run)
+            print(
+                f"  run {i + 1}/{args.runs} {kind:<9} {run.rate:8.0f} req/s  "
+                f"p50 {run.percentile_ms(0.5):6.1f} ms  p99 {run.percentile_ms(0.99):6.1f} ms"
+                f"  server cpu {run.server_cpu:4.0%}  client cpu {run.client_cpu:4.0%}"
+                + (f"  errors: {_counts(run.errors)}" if run.errors else ""),
+                flush=True,
+            )
+    return runs, hub["heartbeat_interval_s"]
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: send a request's bytes, read status and body.
+
+    httpx's connection pool scans every connection on each request; with 64 in flight that
+    made the load generator, not the coordinator, the bottleneck (about 60 req/s of
+    /healthz). This does only what the benchmark needs: Content-Length bodies, no TLS.
+    """
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            self._writer.write(request)
+            head = await self._reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+            body = await self._reader.readexactly(int(headers["content-length"]))
+        except BaseException:
+            self.close()  # a half-read response leaves the stream unusable
+            raise
+        # uvicorn drops the connection after a 500 from an unhandled exception, without
+        # always saying so: start a fresh one rather than write into a closed socket.
+        if headers.get("connection") == "close" or status >= 500:
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
+def _request(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if body or method != "GET":
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 async def _enroll(
-    http: httpx.AsyncClient, admin_key: str, count: int, concurrency: int
+    host: str, port: int, admin_key: str, hub_key: str, count: int, concurrency: int
 ) -> tuple[list[Seller], Counter]:
     """Enroll `count` sellers as a seller's `join` does: an invite, then key + proof."""
-    hub = (await http.get("/v1/hub")).raise_for_status().json()
     admin = {"Authorization": f"Bearer {admin_key}"}
     sellers: list[Seller] = []
     failures: Counter = Counter()
     todo = list(range(count))
+    new_invite = _request("POST", "/v1/invites", b'{"note": "bench"}', admin)
 
-    async def one(i: int) -> None:
-        # An enrollment that fails (e.g. two racing for the same next address past the
-        # coordinator's retries) is retried with a fresh invite, a few times, and counted.
+    async def one(http: Connection, i: int) -> None:
+        status, body = await http.send(new_invite)
+        if status != 200:
+            raise RuntimeError(f"POST /v1/invites answered {status}: {body[:200]!r}")
+        invite = json.loads(body)["invite"]
+        keys = KeyPair.generate()
+        request = {
+            "invite": invite,
+            "public_key": keys.public,
+            "proof": possession_proof(keys, hub_key, invite),
+            "name": f"bench-{i}",
+        }
+        enroll = _request("POST", "/v1/enroll", json.dumps(request).encode())
+        # A failed enrollment is retried with the same invite and key, as a seller's `join`
+        # would be re-run; each failure is counted and reported.
         for _attempt in range(5):
-            response = await http.post("/v1/invites", json={"note": "bench"}, headers=admin)
-            if response.status_code != 200:
-                failures[f"invite {response.status_code}"] += 1
+            try:
+                status, body = await http.send(enroll)
+            except (OSError, asyncio.IncompleteReadError) as e:
+                failures[f"enroll {type(e).__name__}"] += 1
                 continue
-            invite = response.json()["invite"]
-            keys = KeyPair.generate()
-            body = {
-                "invite": invite,
-                "public_key": keys.public,
-                "proof": possession_proof(keys, hub["public_key"], invite),
-                "name": f"bench-{i}",
-            }
-            response = await http.post("/v1/enroll", json=body)
-            if response.status_code == 200:
-                enrolled = response.json()
+            if status == 200:
+                enrolled = json.loads(body)
                 sellers.append(Seller(enrolled["seller_id"], enrolled["api_key"]))
                 return
-            failures[f"enroll {response.status_code}"] += 1
+            failures[f"enroll {status}"] += 1
         raise RuntimeError(f"seller {i}: enrollment failed 5 times: {_counts(failures)}")
 
     async def worker() -> None:
-        while todo:
-            await one(todo.pop())
+        http = Connection(host, port)
+        try:
+            while todo:
+                await one(http, todo.pop())
+        finally:
+            http.close()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return sellers, failures
 
 
-def _heartbeat(http: httpx.AsyncClient, seller: Seller):
-    return http.post(
-        f"/v1/sellers/{seller.id}/heartbeat",
-        json=HEARTBEAT,
-        headers={"Authorization": f"Bearer {seller.api_key}"},
-    )
-
-
-async def _load(send, pid: int, args) -> Run:
+async def _load(host: str, port: int, pick, pid: int, args) -> Run:
     """`concurrency` workers send back to back: a warmup, then a run bounded by time and count."""
-    if args.warmup > 0:
-        await _drive(send, args.concurrency, args.warmup, args.max_requests, Run(args.warmup))
-    run = Run(args.seconds)
-    server_before, client_before = _cpu_seconds(pid), time.process_time()
-    started = time.perf_counter()
-    await _drive(send, args.concurrency, args.seconds, args.max_requests, run)
-    # Requests in flight at the deadline finish and count, so time runs until they do.
-    run.seconds = time.perf_counter() - started
-    run.server_cpu = (_cpu_seconds(pid) - server_before) / run.seconds
-    run.client_cpu = (time.process_time() - client_before) / run.seconds
+    connections = [Connection(host, port) for _ in range(args.concurrency)]
+    try:
+        if args.warmup > 0:
+            await _drive(connections, pick, args.warmup, args.max_requests, Run(args.warmup))
+        run = Run(args.seconds)
+        server_before, client_before = _cpu_seconds(pid), time.process_time()
+        started = time.perf_counter()
+        await _drive(connections, pick, args.seconds, args.max_requests, run)
+        # Requests in flight at the deadline finish and count, so time runs until they do.
+        run.seconds = time.perf_counter() - started
+        run.server_cpu = (_cpu_seconds(pid) - server_before) / run.seconds
+        run.client_cpu = (time.process_time() - client_before) / run.seconds
+    finally:
+        for connection in connections:
+            connection.close()
     return run
 
 
-async def _drive(send, concurrency: int, seconds: float, max_requests: int, run: Run) -> None:
+async def _drive(
+    connections: list[Connection], pick, seconds: float, max_requests: int, run: Run
+) -> None:
     deadline = time.perf_counter() + seconds
     budget = max_requests
 
-    async def worker() -> None:
+    async def worker(http: Connection) -> None:
         nonlocal budget
         while budget > 0 and time.perf_counter() < deadline:
             budget -= 1
+            request = pick()
             t0 = time.perf_counter()
             try:
-                response = await send()
-            except httpx.HTTPError as e:
+                status, _ = await http.send(request)
+            except (OSError, asyncio.IncompleteReadError, ValueError, KeyError) as e:
                 run.errors[type(e).__name__] += 1
                 continue
-            if response.status_code == 200:
+            if status == 200:
                 run.ok += 1
                 run.latencies.append(time.perf_counter() - t0)
             else:
-                run.errors[response.status_code] += 1
+                run.errors[status] += 1
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(c) for c in connections))
 
 
-def _report(runs: dict[str, list[Run]], args) -> None:
+def _report(runs: dict[str, list[Run]], interval: float, args) -> None:
     print(
         f"\nCoordinator on 1 core, {args.sellers} sellers enrolled, {args.concurrency} in flight;"
         f" median of {args.runs} x {args.seconds:g} s:"
@@ -256,6 +323,12 @@ def _report(runs: dict[str, list[Run]], args) -> None:
         )
     ratio = _median_rate(runs["heartbeat"]) / _median_rate(runs["healthz"])
     print(f"\n  heartbeat / healthz throughput ratio = {ratio:.3f}")
+    # What the figure is for: every seller's agent heartbeats once per interval.
+    needed = args.sellers / interval
+    print(
+        f"  {args.sellers} sellers at heartbeat.interval_s = {interval:g} s need {needed:.0f}"
+        f" heartbeats/s: {_median_rate(runs['heartbeat']) / needed:.2f} x that on one core"
+    )
     errors = {kind: sum((r.errors for r in rs), Counter()) for kind, rs in runs.items()}
     for kind, counts in errors.items():
         if counts:
@@ -271,20 +344,39 @@ def _report(runs: dict[str, list[Run]], args) -> None:
 
 
 def _report_log(log_path: Path) -> None:
-    """Anything the coordinator logged above info, summarised: a benchmark must not hide it."""
-    levels: Counter = Counter()
-    samples: dict[str, str] = {}
+    """What the coordinator logged above info, summarised: a benchmark must not hide it."""
+    by_source: Counter = Counter()
+    causes: Counter = Counter()
+    first: dict[str, str] = {}
     for line in log_path.read_text(errors="replace").splitlines():
-        for level in ("warning", "error", "critical"):
-            if f'"level": "{level}"' in line:
-                levels[level] += 1
-                samples.setdefault(level, line[:300])
-        if "Traceback" in line:
-            levels["traceback"] += 1
-    if levels:
-        print(f"\n  coordinator log: {_counts(levels)}")
-        for level, line in samples.items():
-            print(f"    first {level}: {line}")
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") not in ("warning", "error", "critical"):
+            continue
+        source = f"{entry['level']} ({entry.get('logger')})"
+        by_source[source] += 1
+        first.setdefault(source, str(entry.get("msg", "")).strip()[:160])
+        if entry.get("exc"):
+            causes[_exception(entry["exc"])] += 1
+    if not by_source:
+        return
+    print("\n  coordinator log, above info:")
+    for source, n in by_source.most_common():
+        print(f"    {n:6d} x {source}, first: {first[source]}")
+    for cause, n in causes.most_common(5):
+        print(f"    {n:6d} x exception: {cause}")
+
+
+def _exception(traceback: str) -> str:
+    """The line of a traceback that names the exception (not SQLAlchemy's trailing notes)."""
+    named = [
+        line
+        for line in traceback.splitlines()
+        if line[:1].isalpha() and ": " in line and not line.startswith("The above")
+    ]
+    return (named or traceback.strip().splitlines() or ["?"])[-1][:200]
 
 
 def _median_rate(runs: list[Run]) -> float:

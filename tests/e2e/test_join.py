@@ -86,7 +86,7 @@ class Swarm:
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory):
     state = tmp_path_factory.mktemp("swarm")
-    with Testbed.create(["hub", "s1"], nat_hosts=["s2"]) as bed:
+    with Testbed.create(["hub", "s1", "s3"], nat_hosts=["s2"]) as bed:
         env = {
             "COMPUTESWARM_HEAD__OVERLAY__INTERFACE": bed.iface_name("hub"),
             "COMPUTESWARM_HEAD__HEARTBEAT__INTERVAL_S": str(INTERVAL_S),
@@ -104,7 +104,7 @@ def swarm(tmp_path_factory):
             for key in env:
                 os.environ.pop(key)
         swarm = Swarm(bed, state)
-        for name in ("s1", "s2"):
+        for name in ("s1", "s2", "s3"):
             bed.workload_namespace(name)  # the testbed owns (and removes) them
         deadline = time.monotonic() + 60
         while not (state / "head" / "admin.key").exists() and time.monotonic() < deadline:
@@ -150,6 +150,7 @@ def test_coordinator_api_is_reachable_over_the_overlay(swarm):
 
 
 def test_killed_agent_goes_offline_and_comes_back_with_the_same_address(swarm):
+    count_before = len(swarm.sellers())
     before = swarm.sellers()["s1"]
     agent = swarm.agents["s1"]
     os.killpg(agent.pid, signal.SIGKILL)
@@ -162,7 +163,7 @@ def test_killed_agent_goes_offline_and_comes_back_with_the_same_address(swarm):
     swarm.join("s1")  # the same one command, no invite: it reconnects
     after = swarm.wait_for(lambda s: s["s1"]["state"] == "online", "s1 back online")["s1"]
     assert after["address"] == before["address"] and after["id"] == before["id"]
-    assert len(swarm.sellers()) == 2, "the box enrolled twice"
+    assert len(swarm.sellers()) == count_before, "the box enrolled twice"
     log = (swarm.state / "s1.log").read_text()
     assert "already enrolled" in log and "already up" in log
 
@@ -184,4 +185,37 @@ def test_leave_retires_the_seller_and_its_address(swarm):
     assert swarm.agents["s2"].wait(10) is not None  # the agent was stopped
     # It stays offline and is not listed by default.
     names = {s["name"] for s in json.loads(swarm.admin("sellers", "list", "--json"))}
-    assert names == {"s1"}
+    assert "s2" not in names and "s1" in names
+
+
+def test_join_script_on_a_box_with_the_package_installed(swarm):
+    """cluster/join-cluster.sh: system packages present, ComputeSwarm present (the repo's
+    venv as the prefix), so it goes straight to the one join command."""
+    script = Path(__file__).parents[2] / "cluster" / "join-cluster.sh"
+    invite = json.loads(swarm.admin("invite", "create", "--json"))["invite"]
+    env = {
+        "COMPUTESWARM_PREFIX": str(Path(sys.executable).parents[1]),
+        "COMPUTESWARM_SELLER_DIR": str(swarm.state / "s3"),
+    }
+    argv = [
+        "env",
+        *(f"{k}={v}" for k, v in env.items()),
+        "bash",
+        str(script),
+        "--coordinator",
+        swarm.url,
+        "--invite",
+        invite,
+        "--name",
+        "s3",
+        "--simulate-gpus",
+        "RTX3090:24GB:1",
+        "--interface",
+        swarm.bed.iface_name("s3"),
+        "--workload-netns",
+        f"cs-{swarm.bed.run_id}-s3-w",
+    ]
+    swarm.agents["s3"] = swarm.bed.spawn("s3", argv, log=swarm.state / "s3.log")
+    s3 = swarm.wait_for(lambda s: s.get("s3", {}).get("state") == "online", "s3 online")["s3"]
+    assert s3["gpus"] == [{"model": "RTX3090", "vram_gb": 24, "simulated": True}]
+    assert "installing" not in (swarm.state / "s3.log").read_text()

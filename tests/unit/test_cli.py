@@ -75,3 +75,18 @@ def test_keys_prints_only_the_public_key(monkeypatch, capsys, tmp_path):
 def test_unknown_command_is_a_usage_error(monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "tunnel", "nope")
     assert code == 2 and "No such command" in err
+
+
+def test_systemd_unit_runs_a_real_command(monkeypatch, capsys):
+    from pathlib import Path
+
+    import computeswarm.configs
+
+    unit = Path(computeswarm.configs.__file__).parent / "computeswarm-seller.service"
+    exec_start = next(
+        line for line in unit.read_text().splitlines() if line.startswith("ExecStart=")
+    )
+    binary, *args = exec_start.split("=", 1)[1].split()
+    assert binary.endswith("/computeswarm")
+    code, out, _ = run_cli(monkeypatch, capsys, *args, "--help")
+    assert code == 0 and "--state-dir" in out
