@@ -24,6 +24,7 @@ format: setup
 # Benchmarks: slow, noisy, never in CI. Each prints its figure as a ratio to a baseline.
 bench: setup
 	$(VENV)/python -m computeswarm.tests.bench.overlay_throughput
+	$(VENV)/python -m computeswarm.tests.bench.heartbeats
 
 clean:
 	$(VENV)/computeswarm testbed clean

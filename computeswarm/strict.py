@@ -31,11 +31,12 @@ def validate_strict(model: type[M], data: Any, *, source: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(_explain(model, err) for err in e.errors())
+        problems = "; ".join(explain(model, err) for err in e.errors())
         raise ValueError(f"{source}: {problems}") from None
 
 
-def _explain(model: type[BaseModel], err: dict) -> str:
+def explain(model: type[BaseModel], err: dict) -> str:
+    """One pydantic error as a sentence; unknown keys get a "did you mean"."""
     loc = [str(p) for p in err["loc"]]
     where = ".".join(loc) or "(top level)"
     if err["type"] == "extra_forbidden":

@@ -5,14 +5,15 @@ a subprocess pinned to one core, enrolls `--sellers` simulated sellers (5,000 by
 over its HTTP API, then drives it from a load generator pinned to another core with
 `--concurrency` requests in flight over keep-alive connections. Each heartbeat is
 `POST /v1/sellers/{id}/heartbeat` for a random enrolled seller with that seller's own key:
-authentication, the rate limiter, one store transaction and the response view, exactly as
-an agent's heartbeat. The baseline is `GET /healthz` (a no-op endpoint) against the same
+authentication, the rate limiter, the store update and the response view, exactly as an
+agent's heartbeat. The baseline is `GET /healthz` (a no-op endpoint) against the same
 server in the same run, so the ratio says what the heartbeat's work costs over the bare HTTP
 stack on this machine. Figures are medians of `--runs` runs (only 200s count as successes);
 latencies are p50/p99 of successful requests as the client sees them.
 
 The per-key rate limit is raised for the run: every heartbeat of one seller shares a key, and
-the load is far above what one agent sends. `make bench` runs it; CI does not.
+the load is far above what one agent sends. `make bench` runs it; CI does not:
+
     .venv/bin/python -m computeswarm.tests.bench.heartbeats [--sellers N] [--runs N] ...
 """
 
@@ -50,6 +51,8 @@ SERVER_ENV = {
     "COMPUTESWARM_HEAD__LIMITS__REQUESTS_PER_SECOND": "1000000",
     "COMPUTESWARM_HEAD__LIMITS__BURST": "1000000",
 }
+HOST = "127.0.0.1"  # everything stays on loopback
+REQUEST_TIMEOUT_S = 60.0  # a hung coordinator fails the run instead of hanging it
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -108,20 +111,21 @@ def main() -> None:
         port = _free_port()
         proc = _start_coordinator(Path(tmp) / "state", port, args.server_cpu, log_path)
         try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_healthy(base, proc, log_path)
+            _wait_healthy(port, proc, log_path)
             admin_key = (Path(tmp) / "state" / "admin.key").read_text().strip()
-            runs, interval = asyncio.run(_bench(base, admin_key, proc.pid, args))
+            runs, interval = asyncio.run(_bench(port, admin_key, proc.pid, args))
+        except Exception:
+            print(f"coordinator log, last lines:\n{_tail(log_path)}", file=sys.stderr)
+            raise
         finally:
             _stop(proc)
         _report(runs, interval, args)
         _report_log(log_path)
 
 
-async def _bench(base: str, admin_key: str, pid: int, args) -> tuple[dict[str, list[Run]], float]:
+async def _bench(port: int, admin_key: str, pid: int, args) -> tuple[dict[str, list[Run]], float]:
     """Enroll the sellers, then time both kinds of request; also the heartbeat interval."""
-    host, port = base.removeprefix("http://").split(":")
-    http = Connection(host, int(port))
+    http = Connection(port)
     status, body = await http.send(_request("GET", "/v1/hub"))
     http.close()
     if status != 200:
@@ -129,7 +133,7 @@ async def _bench(base: str, admin_key: str, pid: int, args) -> tuple[dict[str, l
     hub = json.loads(body)
     started = time.perf_counter()
     sellers, failures = await _enroll(
-        host, int(port), admin_key, hub["public_key"], args.sellers, args.concurrency
+        port, admin_key, hub["public_key"], args.sellers, args.concurrency
     )
     took = time.perf_counter() - started
     print(
@@ -154,7 +158,7 @@ async def _bench(base: str, admin_key: str, pid: int, args) -> tuple[dict[str, l
         # WAL, the machine warming up) does not favour one side of the ratio.
         order = list(requests) if i % 2 == 0 else list(reversed(requests))
         for kind in order:
-            run = await _load(host, int(port), requests[kind], pid, args)
+            run = await _load(port, requests[kind], pid, args)
             runs[kind].append(run)
             print(
                 f"  run {i + 1}/{args.runs} {kind:<9} {run.rate:8.0f} req/s  "
@@ -174,21 +178,22 @@ class Connection:
     /healthz). This does only what the benchmark needs: Content-Length bodies, no TLS.
     """
 
-    def __init__(self, host: str, port: int):
-        self.host, self.port = host, port
+    def __init__(self, port: int):
+        self.port = port
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
         if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            self._reader, self._writer = await asyncio.open_connection(HOST, self.port)
         try:
-            self._writer.write(request)
-            head = await self._reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ", 2)[1])
-            headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
-            body = await self._reader.readexactly(int(headers["content-length"]))
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):  # TimeoutError is an OSError
+                self._writer.write(request)
+                head = await self._reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                status = int(lines[0].split(" ", 2)[1])
+                headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+                body = await self._reader.readexactly(int(headers["content-length"]))
         except BaseException:
             self.close()  # a half-read response leaves the stream unusable
             raise
@@ -205,7 +210,7 @@ class Connection:
 
 
 def _request(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     if body or method != "GET":
         lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
@@ -213,7 +218,7 @@ def _request(method: str, path: str, body: bytes = b"", headers: dict | None = N
 
 
 async def _enroll(
-    host: str, port: int, admin_key: str, hub_key: str, count: int, concurrency: int
+    port: int, admin_key: str, hub_key: str, count: int, concurrency: int
 ) -> tuple[list[Seller], Counter]:
     """Enroll `count` sellers as a seller's `join` does: an invite, then key + proof."""
     admin = {"Authorization": f"Bearer {admin_key}"}
@@ -251,7 +256,7 @@ async def _enroll(
         raise RuntimeError(f"seller {i}: enrollment failed 5 times: {_counts(failures)}")
 
     async def worker() -> None:
-        http = Connection(host, port)
+        http = Connection(port)
         try:
             while todo:
                 await one(http, todo.pop())
@@ -262,9 +267,9 @@ async def _enroll(
     return sellers, failures
 
 
-async def _load(host: str, port: int, pick, pid: int, args) -> Run:
+async def _load(port: int, pick, pid: int, args) -> Run:
     """`concurrency` workers send back to back: a warmup, then a run bounded by time and count."""
-    connections = [Connection(host, port) for _ in range(args.concurrency)]
+    connections = [Connection(port) for _ in range(args.concurrency)]
     try:
         if args.warmup > 0:
             await _drive(connections, pick, args.warmup, args.max_requests, Run(args.warmup))
@@ -389,13 +394,13 @@ def _counts(counter: Counter) -> str:
 
 def _free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST, 0))
         return s.getsockname()[1]
 
 
 def _start_coordinator(state: Path, port: int, cpu: int, log_path: Path) -> subprocess.Popen:
     argv = ["taskset", "-c", str(cpu), sys.executable, "-m", "computeswarm.cli", "head", "up"]
-    argv += ["--state-dir", str(state), "--port", str(port), "--host", "127.0.0.1"]
+    argv += ["--state-dir", str(state), "--port", str(port), "--host", HOST]
     argv += ["--backend", "none"]
     # Its log goes to a file: a pipe nobody reads would fill and stall the server.
     with log_path.open("wb") as log:
@@ -408,13 +413,13 @@ def _start_coordinator(state: Path, port: int, cpu: int, log_path: Path) -> subp
         )
 
 
-def _wait_healthy(base: str, proc: subprocess.Popen, log_path: Path, timeout: float = 60) -> None:
+def _wait_healthy(port: int, proc: subprocess.Popen, log_path: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             sys.exit(f"coordinator exited with {proc.returncode}:\n{_tail(log_path)}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"http://{HOST}:{port}/healthz", timeout=1).status_code == 200:
                 return
         time.sleep(0.2)
     raise TimeoutError(f"coordinator not healthy after {timeout:.0f} s:\n{_tail(log_path)}")
