@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import secrets
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -68,3 +70,39 @@ def authenticate(db: Session, presented: str | None) -> Caller:
         raise Unauthorized("invalid or revoked API key")
     account = db.get(Account, key.account_id)
     return Caller(account.id, Role(account.role), key.id)
+
+
+class KeyCache:
+    """Authenticated keys remembered for `ttl_s`, so hot paths skip the store.
+
+    Revocations made by this coordinator evict at once (`forget_account`); the TTL bounds
+    how long a key revoked by another process could still be honoured.
+    """
+
+    def __init__(self, store, clock: Callable[[], float], ttl_s: float = 10.0):
+        self.store = store
+        self.clock = clock
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[str, Caller, float]] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(self, presented: str | None) -> Caller:
+        token = parse_token(presented or "", API_KEY_KIND)
+        if token is not None:
+            with self._lock:
+                entry = self._entries.get(token.id)
+            if entry and entry[2] > self.clock() and secret_matches(token.secret, entry[0]):
+                return entry[1]
+        with self.store.transaction() as db:
+            caller = authenticate(db, presented)
+            secret_hash = db.get(ApiKey, caller.key_id).secret_hash
+        with self._lock:
+            self._entries[caller.key_id] = (secret_hash, caller, self.clock() + self.ttl_s)
+        return caller
+
+    def forget_account(self, account_id: str) -> None:
+        with self._lock:
+            for key_id in [
+                k for k, (_, c, _) in self._entries.items() if c.account_id == account_id
+            ]:
+                del self._entries[key_id]

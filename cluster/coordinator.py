@@ -19,8 +19,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from computeswarm.cluster import registry
-from computeswarm.cluster.accounts import Caller, Role, create_account
+from computeswarm.cluster.accounts import Caller, KeyCache, Role, create_account
 from computeswarm.cluster.config import CoordinatorConfig
+from computeswarm.cluster.errors import Busy
 from computeswarm.cluster.metrics import SellerCollector, api_latency
 from computeswarm.cluster.ratelimit import RateLimiter
 from computeswarm.cluster.states import SellerState
@@ -58,6 +59,8 @@ class Coordinator:
         self.metrics.register(SellerCollector(self.store, clock))
         limits = config.limits
         self.limiter = RateLimiter(limits.requests_per_second, limits.burst, time.monotonic)
+        self.keys = KeyCache(self.store, time.monotonic)
+        self._enroll_lock = threading.Lock()  # one allocation of "the next address" at a time
         self._backend = backend
         self.hub: HubNode | None = None
         self.backend_name = "none"
@@ -180,7 +183,7 @@ class Coordinator:
         """Redeem an invite; retried when two enrollments race for the same next address."""
         for attempt in range(ENROLL_ATTEMPTS):
             try:
-                with self.store.transaction() as db:
+                with self._enroll_lock, self.store.transaction() as db:
                     enrollment = registry.enroll(
                         db,
                         hub_keys=self.hub_keys,
@@ -190,9 +193,11 @@ class Coordinator:
                     )
                 break
             except (IntegrityError, OperationalError):
+                # Another coordinator process sharing the database took the same address.
                 if attempt == ENROLL_ATTEMPTS - 1:
-                    raise
+                    raise Busy("the coordinator is busy enrolling others; retry") from None
                 time.sleep(0.01 * (attempt + 1))
+        self.keys.forget_account(enrollment.seller.account_id)
         self.hub.add_spoke(_node(enrollment.seller))
         log.info(
             "seller %s enrolled at %s%s",
@@ -205,12 +210,14 @@ class Coordinator:
     def leave(self, caller: Caller, seller_id: str) -> Seller:
         with self.store.transaction() as db:
             seller = registry.leave(db, caller, seller_id, self.clock())
+        self.keys.forget_account(seller.account_id)
         self.hub.remove_spoke(seller.public_key)
         return seller
 
     def disable(self, caller: Caller, seller_id: str) -> Seller:
         with self.store.transaction() as db:
             seller = registry.disable(db, caller, seller_id, self.clock())
+        self.keys.forget_account(seller.account_id)
         self.hub.remove_spoke(seller.public_key)
         return seller
 

@@ -43,6 +43,12 @@ class InvalidTransition(Conflict):
     code = "invalid_transition"
 
 
+class Busy(ApiError):
+    """A transient conflict; the same request may succeed when retried."""
+
+    status, code = 503, "busy"
+
+
 class RateLimited(ApiError):
     status, code = 429, "rate_limited"
 

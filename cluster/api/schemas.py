@@ -68,6 +68,10 @@ class HeartbeatRequest(StrictModel):
     bandwidth_mbps: float | None = Field(None, ge=0, le=1_000_000)
 
 
+class HeartbeatReply(BaseModel):
+    state: str
+
+
 class OfferRequest(StrictModel):
     price_per_gpu_hour: Decimal = Field(
         gt=0, le=1000, description="Ask per GPU-hour, at most 6 decimals."
