@@ -18,6 +18,7 @@ from pathlib import Path
 from computeswarm.cluster.client import CoordinatorClient
 from computeswarm.cluster.errors import ApiError, CoordinatorUnreachable, NotFound, Unauthorized
 from computeswarm.cluster.gpus import Gpu
+from computeswarm.cluster.lease_workers import LeaseWorkers
 
 log = logging.getLogger("computeswarm.agent")
 STATUS_FILE = "agent-status.json"
@@ -45,6 +46,7 @@ class SellerAgent:
         measure_every_s: float = 60.0,
         state_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        workers: LeaseWorkers | None = None,
     ):
         self.client = client
         self.seller_id = seller_id
@@ -60,40 +62,56 @@ class SellerAgent:
         self.bandwidth_mbps: float | None = None
         self.last_state: str | None = None
         self.last_error: str | None = None
+        self.workers = workers  # None: this agent runs no Ray nodes (tests, dry runs)
+        self._reported: dict[str, str] = {}
 
     def run(self, stop: threading.Event) -> int:
         """Until `stop` is set or the coordinator says this seller is gone (exit code 3)."""
         self._write_pid()
-        while not stop.is_set():
-            try:
-                self.tick()
-            except (NotFound, Unauthorized) as e:
-                log.error("the coordinator no longer knows this seller: %s", e)
-                self._write_status(error=str(e))
-                return 3
-            stop.wait(self.interval_s)
-        return 0
+        if self.workers:
+            self.workers.stop_leftovers()
+        try:
+            while not stop.is_set():
+                try:
+                    self.tick()
+                except (NotFound, Unauthorized) as e:
+                    log.error("the coordinator no longer knows this seller: %s", e)
+                    self._write_status(error=str(e))
+                    return 3
+                self._wait(stop)
+            return 0
+        finally:
+            if self.workers:
+                self.workers.stop_all()
 
     def tick(self) -> None:
-        """One round: publish the offer if not yet done, measure if due, heartbeat."""
+        """One round: publish the offer if not yet done, measure if due, heartbeat, and
+        start or stop lease nodes as the reply says."""
         try:
             if not self.offer_published:
+                hours = self.offer.available_hours
                 self.client.put_offer(
                     self.seller_id,
                     price_per_gpu_hour=self.offer.price_per_gpu_hour,
                     max_lease_hours=self.offer.max_lease_hours,
+                    available_until=time.time() + hours * 3600 if hours else None,
                 )
                 self.offer_published = True
             if self._measure_due():
                 self._measure()
-            seller = self.client.heartbeat(
+            workers = self.workers.statuses() if self.workers else {}
+            reply = self.client.heartbeat(
                 self.seller_id,
                 gpus=[g.to_dict() for g in self.gpus],
                 simulated=any(g.simulated for g in self.gpus),
                 rtt_ms=self.rtt_ms,
                 bandwidth_mbps=self.bandwidth_mbps,
+                workers=workers,
             )
-            self.last_state, self.last_error = seller["state"], None
+            self._reported = workers
+            self.last_state, self.last_error = reply["state"], None
+            if self.workers:
+                self.workers.reconcile(reply.get("assignments", []))
         except (NotFound, Unauthorized):
             raise
         except (CoordinatorUnreachable, ApiError) as e:
@@ -101,6 +119,14 @@ class SellerAgent:
             self.last_error = str(e)
             log.warning("heartbeat failed: %s", e)
         self._write_status()
+
+    def _wait(self, stop: threading.Event) -> None:
+        """Sleep until the next heartbeat, but report a lease node's change at once."""
+        deadline = self.clock() + self.interval_s
+        while not stop.is_set() and self.clock() < deadline:
+            if self.workers and self.workers.statuses() != self._reported:
+                return
+            stop.wait(min(0.25, self.interval_s))
 
     def _measure_due(self) -> bool:
         return (

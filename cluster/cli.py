@@ -15,6 +15,7 @@ head_app = typer.Typer(help="Run the coordinator (the head host).", no_args_is_h
 invite_app = typer.Typer(help="Invites for new sellers.", no_args_is_help=True)
 sellers_app = typer.Typer(help="The sellers the coordinator knows.", no_args_is_help=True)
 seller_app = typer.Typer(help="This box as a seller: join, status, leave.", no_args_is_help=True)
+accounts_app = typer.Typer(help="Accounts and their funds (admin).", no_args_is_help=True)
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:8443"
 DEFAULT_HEAD_STATE = Path("/var/lib/computeswarm/coordinator")
@@ -124,6 +125,38 @@ def invite_create(
         f"on the seller box: computeswarm seller join --coordinator {coordinator} "
         f"--invite {result['invite']}"
     )
+
+
+# -- accounts -------------------------------------------------------------------------------
+
+
+@accounts_app.command("create")
+def accounts_create(
+    name: str,
+    role: str = typer.Option("buyer", help="buyer, seller or admin."),
+    coordinator: str = COORDINATOR,
+    api_key: str | None = API_KEY,
+    as_json: bool = JSON,
+) -> None:
+    """Create an account; prints its API key (shown once)."""
+    result = _client(coordinator, api_key).create_account(name, role)
+    typer.echo(
+        json.dumps(result)
+        if as_json
+        else f"{result['account_id']} ({result['role']}): {result['api_key']}"
+    )
+
+
+@accounts_app.command("deposit")
+def accounts_deposit(
+    account_id: str,
+    amount: str = typer.Argument(..., help="e.g. 25.00"),
+    coordinator: str = COORDINATOR,
+    api_key: str | None = API_KEY,
+) -> None:
+    """Credit a buyer's account (from outside the swarm)."""
+    result = _client(coordinator, api_key).deposit(account_id, amount)
+    typer.echo(f"{result['account']}: balance {result['balance']}")
 
 
 # -- sellers --------------------------------------------------------------------------------
@@ -241,7 +274,9 @@ def seller_agent(state_dir: Path = SELLER_STATE) -> None:
     import threading
 
     from computeswarm.cluster.agent import SellerAgent
+    from computeswarm.cluster.lease_workers import LeaseWorkers
     from computeswarm.cluster.logs import configure_logging
+    from computeswarm.cluster.ray_nodes import become_subreaper
 
     configure_logging()
     enrollment = _enrollment(state_dir)
@@ -255,7 +290,9 @@ def seller_agent(state_dir: Path = SELLER_STATE) -> None:
         enrollment.offer_terms,
         interval_s=enrollment.hub["heartbeat_interval_s"],
         state_dir=state_dir,
+        workers=LeaseWorkers(enrollment.node_ip, state_dir, enrollment.gpu_list),
     )
+    become_subreaper()  # Ray's orphaned workers are reaped here, not left as zombies
     raise typer.Exit(agent.run(stop))
 
 

@@ -6,6 +6,7 @@ handle `NotFound` or `RateLimited` rather than status codes.
 
 from __future__ import annotations
 
+import base64
 import time
 
 import httpx
@@ -88,6 +89,7 @@ class CoordinatorClient:
         simulated: bool,
         rtt_ms: float | None = None,
         bandwidth_mbps: float | None = None,
+        workers: dict[str, str] | None = None,
     ) -> dict:
         return self._call(
             "POST",
@@ -97,8 +99,38 @@ class CoordinatorClient:
                 "simulated": simulated,
                 "rtt_ms": rtt_ms,
                 "bandwidth_mbps": bandwidth_mbps,
+                "workers": workers or {},
             },
         )
+
+    # -- jobs, market, ledger -------------------------------------------------------------
+
+    def submit_job(self, spec: dict, working_dir_zip: bytes | None = None) -> dict:
+        body = {"spec": spec, "working_dir_zip": None}
+        if working_dir_zip is not None:
+            body["working_dir_zip"] = base64.b64encode(working_dir_zip).decode()
+        return self._call("POST", "/v1/jobs", json=body)
+
+    def jobs(self) -> list[dict]:
+        return self._call("GET", "/v1/jobs")
+
+    def job(self, job_id: str) -> dict:
+        return self._call("GET", f"/v1/jobs/{job_id}")
+
+    def job_logs(self, job_id: str, offset: int = 0) -> dict:
+        return self._call("GET", f"/v1/jobs/{job_id}/logs", params={"offset": offset})
+
+    def cancel_job(self, job_id: str) -> dict:
+        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def quote(self, spec: dict, explain: bool = False) -> dict:
+        return self._call("POST", "/v1/market/quote", json={"spec": spec, "explain": explain})
+
+    def ledger(self, account: str | None = None) -> dict:
+        return self._call("GET", "/v1/ledger", params={"account": account} if account else None)
+
+    def deposit(self, account_id: str, amount: str) -> dict:
+        return self._call("POST", f"/v1/accounts/{account_id}/deposit", json={"amount": amount})
 
     def put_offer(
         self,

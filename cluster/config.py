@@ -52,6 +52,24 @@ class LimitsConfig(StrictModel):
     burst: int = Field(100, ge=1, description="Per API key, short bursts.")
 
 
+class MarketConfig(StrictModel):
+    fee_bps: int = Field(1000, ge=0, le=5000, description="Platform fee on asks, basis points.")
+    tick_s: float = Field(0.5, gt=0, le=10, description="How often the scheduler runs.")
+    ray_system_config: dict[str, int] = Field(
+        default_factory=lambda: {
+            "health_check_period_ms": 1000,
+            "health_check_timeout_ms": 2000,
+            "health_check_failure_threshold": 4,
+            "grpc_client_keepalive_time_ms": 5000,
+            "grpc_client_keepalive_timeout_ms": 5000,
+        },
+        description="Lease heads' Ray --system-config: failure detection fit for WAN links.",
+    )
+    max_upload_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest job submission (spec + working_dir)."
+    )
+
+
 class CoordinatorConfig(StrictModel):
     state_dir: Path = Field(
         Path("/var/lib/computeswarm/coordinator"), description="Keys, the SQLite store, logs."
@@ -69,6 +87,7 @@ class CoordinatorConfig(StrictModel):
     overlay: OverlayConfig = Field(default_factory=OverlayConfig)
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    market: MarketConfig = Field(default_factory=MarketConfig)
     invite_ttl_s: float = Field(24 * 3600, gt=0, description="Default invite lifetime.")
 
     @property

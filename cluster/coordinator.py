@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -22,8 +22,11 @@ from computeswarm.cluster import registry
 from computeswarm.cluster.accounts import Caller, KeyCache, Role, create_account
 from computeswarm.cluster.config import CoordinatorConfig
 from computeswarm.cluster.errors import Busy
+from computeswarm.cluster.jobs_service import JobsService
 from computeswarm.cluster.metrics import SellerCollector, api_latency
 from computeswarm.cluster.ratelimit import RateLimiter
+from computeswarm.cluster.ray_nodes import become_subreaper
+from computeswarm.cluster.scheduler import LeaseScheduler
 from computeswarm.cluster.states import SellerState
 from computeswarm.cluster.store.db import Store
 from computeswarm.cluster.store.models import Account, Seller
@@ -66,24 +69,41 @@ class Coordinator:
         self.backend_name = "none"
         self.hub_keys: KeyPair | None = None
         self._stop = threading.Event()
-        self._health: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.scheduler = LeaseScheduler(self)
+        self.jobs = JobsService(self)
+        self.gpu_seconds_sold = Counter(
+            "computeswarm_gpu_seconds_sold", "Metered GPU-seconds settled.", registry=self.metrics
+        )
+        self.revenue = Counter(
+            "computeswarm_revenue_micros",
+            "Money settled from buyers, by recipient.",
+            ["to"],
+            registry=self.metrics,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
+        become_subreaper()  # lease heads' leftovers are reaped here, not left as zombies
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store.migrate()
         self._bootstrap_admin()
         self.hub_keys = KeyStore(self.config.state_dir / "hub").load_or_create()
         self._start_hub()
         self.sync_hub()
-        self._health = threading.Thread(target=self._health_loop, name="health", daemon=True)
-        self._health.start()
+        for target, name in ((self._health_loop, "health"), (self._scheduler_loop, "scheduler")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._health:
-            self._health.join(5)
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(15)
+        self.scheduler.stop_all()
         if self.hub:
             self.hub.stop()
             self.hub = None
@@ -255,6 +275,26 @@ class Coordinator:
                 self.check_heartbeats()
             except Exception:  # keep watching; the next round retries
                 log.exception("heartbeat check failed")
+
+    def wake_scheduler(self) -> None:
+        self._wake.set()
+
+    def record_sale(self, usages) -> None:
+        for usage in usages:
+            self.gpu_seconds_sold.inc(usage.gpus * usage.seconds)
+            self.revenue.labels("sellers").inc(usage.seller_micros)
+            self.revenue.labels("platform").inc(usage.fee_micros)
+
+    def _scheduler_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.config.market.tick_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.scheduler.tick()
+            except Exception:  # keep scheduling; the next tick retries
+                log.exception("scheduler tick failed")
 
     def _tunnel_snapshot(self):
         if not self.hub:

@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 from computeswarm.cluster.accounts import Caller, Role, create_account, issue_key, revoke_keys
 from computeswarm.cluster.credentials import INVITE_KIND, new_token, parse_token, secret_matches
 from computeswarm.cluster.errors import Conflict, InvalidInvite, NotFound
+from computeswarm.cluster.leases import LeaseState, MemberState
 from computeswarm.cluster.states import SellerEvent, SellerState, transition
-from computeswarm.cluster.store.models import Invite, Offer, Seller
+from computeswarm.cluster.store.models import Invite, Job, Lease, LeaseMember, Offer, Seller
 from computeswarm.tunnel.addresses import AddressPool
 from computeswarm.tunnel.keys import KeyPair, parse_public_key, verify_possession
 
@@ -269,3 +270,80 @@ def _next_address(db: Session, overlay_cidr: str) -> ipaddress.IPv4Address:
     highest = db.scalar(select(func.max(Seller.address_int)))
     issued = [str(ipaddress.IPv4Address(highest))] if highest else []
     return AddressPool.from_cidr(overlay_cidr, issued=issued).allocate()
+
+
+WORKER_PORT_START = 30000
+
+
+def worker_port_base(address_int: int) -> int:
+    """A seller's worker port block: distinct per seller even when all share one host
+    (the `none` backend), since it derives from the seller's overlay address."""
+    return WORKER_PORT_START + 100 * (address_int % 340)
+
+
+def report_workers(
+    db: Session | Connection, seller_id: str, workers: dict[str, str], now: float
+) -> None:
+    """The agent's view of its lease nodes: `running` attaches (metering starts)."""
+    for lease_id, status in workers.items():
+        member = db.execute(
+            select(LeaseMember.id, LeaseMember.state).where(
+                LeaseMember.lease_id == lease_id,
+                LeaseMember.seller_id == seller_id,
+                LeaseMember.state.in_([MemberState.ASSIGNED.value, MemberState.ATTACHED.value]),
+            )
+        ).first()
+        if member is None:
+            continue
+        if status == "running" and member.state == MemberState.ASSIGNED.value:
+            db.execute(
+                update(LeaseMember)
+                .where(LeaseMember.id == member.id)
+                .values(state=MemberState.ATTACHED.value, attached_at=now)
+            )
+        elif status == "failed":
+            db.execute(
+                update(LeaseMember)
+                .where(LeaseMember.id == member.id)
+                .values(state=MemberState.LOST.value, detached_at=now)
+            )
+
+
+def assignments(db: Session | Connection, seller_id: str, head_ip: str) -> list[dict]:
+    """The lease nodes this seller should run now (its lease's head must be started)."""
+    rows = db.execute(
+        select(
+            LeaseMember.gpus,
+            LeaseMember.driver,
+            Lease.id,
+            Lease.port_base,
+            Lease.token,
+            Job.spec,
+            Seller.address_int,
+        )
+        .join(Lease, Lease.id == LeaseMember.lease_id)
+        .join(Job, Job.id == Lease.job_id)
+        .join(Seller, Seller.id == LeaseMember.seller_id)
+        .where(
+            LeaseMember.seller_id == seller_id,
+            LeaseMember.state.in_([MemberState.ASSIGNED.value, MemberState.ATTACHED.value]),
+            Lease.state.in_([LeaseState.PROVISIONING.value, LeaseState.RUNNING.value]),
+        )
+    ).all()
+    out = []
+    for row in rows:
+        resources = row.spec.get("resources", {})
+        out.append(
+            {
+                "lease_id": row.id,
+                "head": f"{head_ip}:{row.port_base}",
+                "token": row.token,
+                "gpus": row.gpus,
+                "cpus": float(resources.get("cpus_per_node", 1.0)),
+                "memory_bytes": int(float(resources.get("memory_gb_per_node", 2.0)) * 2**30),
+                "driver": row.driver,
+                "port_base": worker_port_base(row.address_int),
+                "labels": {"cs-seller": seller_id, "cs-lease": row.id},
+            }
+        )
+    return out

@@ -24,7 +24,7 @@ from computeswarm.cluster.errors import ConfigError
 from computeswarm.cluster.gpus import Gpu, detect_gpus, parse_gpu_shorthand
 from computeswarm.tunnel import netns, wg
 from computeswarm.tunnel.backends import TunnelBackend, best_backend, get_backend
-from computeswarm.tunnel.backends.none import NoneBackend
+from computeswarm.tunnel.backends.none import NoneBackend, loopback_address
 from computeswarm.tunnel.config import DEFAULT_LISTEN_PORT, PeerConfig
 from computeswarm.tunnel.keys import KeyStore, possession_proof
 from computeswarm.tunnel.overlay import NodePlacement, SpokeNode
@@ -90,6 +90,11 @@ class Enrollment:
     @property
     def gpu_list(self) -> list[Gpu]:
         return [Gpu(**g) for g in self.gpus]
+
+    @property
+    def node_ip(self) -> str:
+        """The address this box's Ray nodes use: the overlay's, or its loopback stand-in."""
+        return loopback_address(self.address) if self.backend == "none" else self.address
 
     @property
     def offer_terms(self) -> OfferTerms:

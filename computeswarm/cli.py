@@ -9,8 +9,9 @@ import sys
 
 import typer
 
-from computeswarm.cluster.cli import head_app, invite_app, seller_app, sellers_app
+from computeswarm.cluster.cli import accounts_app, head_app, invite_app, seller_app, sellers_app
 from computeswarm.errors import ComputeSwarmError
+from computeswarm.jobs.cli import jobs_app, ledger, market_app, submit
 from computeswarm.tunnel.cli import testbed_app, tunnel_app
 
 app = typer.Typer(
@@ -42,8 +43,13 @@ def _root(
     """Rent out and rent consumer GPUs for distributed ML, as Ray clusters over WireGuard."""
 
 
+app.command("submit")(submit)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(market_app, name="market")
+app.command("ledger")(ledger)
 app.add_typer(head_app, name="head")
 app.add_typer(invite_app, name="invite")
+app.add_typer(accounts_app, name="accounts")
 app.add_typer(sellers_app, name="sellers")
 app.add_typer(seller_app, name="seller")
 app.add_typer(tunnel_app, name="tunnel")

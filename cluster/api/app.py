@@ -6,6 +6,8 @@ What a caller may not know exists is a 404, never a 403. Errors are JSON
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from decimal import Decimal
 
@@ -22,6 +24,7 @@ from computeswarm.cluster.api.schemas import (
     MICROS,
     AccountCreate,
     AccountCreated,
+    Deposit,
     Enrolled,
     EnrollRequest,
     HeartbeatReply,
@@ -29,12 +32,15 @@ from computeswarm.cluster.api.schemas import (
     HubInfo,
     InviteCreate,
     InviteCreated,
+    JobSubmit,
     OfferRequest,
     OfferView,
+    QuoteRequest,
     SellerView,
 )
 from computeswarm.cluster.coordinator import Coordinator
 from computeswarm.cluster.errors import ApiError, RateLimited
+from computeswarm.cluster.states import SellerState
 from computeswarm.cluster.store.models import Offer, Seller
 from computeswarm.errors import UserError
 
@@ -47,7 +53,11 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     _add_error_handlers(app)
     _add_routes(app, coordinator)
     app.add_middleware(AccessLog, latency=coordinator.latency)
-    app.add_middleware(BodyLimit, max_bytes=coordinator.config.limits.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=coordinator.config.limits.max_body_bytes,
+        larger={"/v1/jobs": coordinator.config.market.max_upload_bytes * 4 // 3 + 65536},
+    )
     return app
 
 
@@ -175,7 +185,13 @@ def _add_routes(app: FastAPI, c: Coordinator) -> None:
                 bandwidth_mbps=body.bandwidth_mbps,
                 now=c.clock(),
             )
-        return {"state": state.value}
+            work = []
+            if body.workers:
+                registry.report_workers(db, seller_id, body.workers, c.clock())
+                c.wake_scheduler()
+            if state is SellerState.LEASED:
+                work = registry.assignments(db, seller_id, c.scheduler.head_ip)
+        return {"state": state.value, "assignments": work}
 
     @app.put("/v1/sellers/{seller_id}/offer", response_model=OfferView, tags=["sellers"])
     def put_offer(seller_id: str, body: OfferRequest, who: Caller = Depends(caller)) -> dict:
@@ -204,6 +220,48 @@ def _add_routes(app: FastAPI, c: Coordinator) -> None:
     def disable(seller_id: str, who: Caller = Depends(caller)) -> dict:
         seller = c.disable(who, seller_id)
         return _seller_view(seller, None, who)
+
+    # -- jobs, market, ledger -------------------------------------------------------------
+
+    @app.post("/v1/jobs", tags=["jobs"])
+    def submit_job(body: JobSubmit, who: Caller = Depends(caller)) -> dict:
+        """Submit a job spec (and its working_dir as a base64 zip); it waits for the market."""
+        upload = None
+        if body.working_dir_zip is not None:
+            try:
+                upload = base64.b64decode(body.working_dir_zip, validate=True)
+            except (binascii.Error, ValueError):
+                raise ApiError("working_dir_zip is not valid base64") from None
+        return c.jobs.submit(who, body.spec, upload)
+
+    @app.get("/v1/jobs", tags=["jobs"])
+    def list_jobs(who: Caller = Depends(caller)) -> list[dict]:
+        return c.jobs.list(who)
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    def get_job(job_id: str, who: Caller = Depends(caller)) -> dict:
+        return c.jobs.view(who, job_id)
+
+    @app.get("/v1/jobs/{job_id}/logs", tags=["jobs"])
+    def job_logs(job_id: str, offset: int = 0, who: Caller = Depends(caller)) -> dict:
+        return c.jobs.logs(who, job_id, max(0, offset))
+
+    @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
+    def cancel_job(job_id: str, who: Caller = Depends(caller)) -> dict:
+        return c.jobs.cancel(who, job_id)
+
+    @app.post("/v1/market/quote", tags=["jobs"])
+    def quote(body: QuoteRequest, who: Caller = Depends(caller)) -> dict:
+        """The sellers, price and cost the market would choose now; nothing is leased."""
+        return c.jobs.quote(who, body.spec, body.explain)
+
+    @app.get("/v1/ledger", tags=["ledger"])
+    def get_ledger(account: str | None = None, who: Caller = Depends(caller)) -> dict:
+        return c.jobs.ledger_view(who, account)
+
+    @app.post("/v1/accounts/{account_id}/deposit", tags=["ledger"])
+    def deposit(account_id: str, body: Deposit, who: Caller = Depends(caller)) -> dict:
+        return c.jobs.deposit(who, account_id, body.micros)
 
     @app.get("/v1/probe/bytes", tags=["sellers"])
     def probe_bytes(size: int = 1024 * 1024, who: Caller = Depends(caller)) -> Response:

@@ -15,16 +15,18 @@ log = logging.getLogger("computeswarm.access")
 class BodyLimit:
     """Refuse bodies over `max_bytes` with 413, whether declared or streamed (chunked)."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, larger: dict[str, int] | None = None):
         self.app = app
-        self.max_bytes = max_bytes
+        self.default = max_bytes
+        self.larger = larger or {}  # exact path -> its own limit (uploads)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.larger.get(scope["path"], self.default)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await _too_large(send, self.max_bytes)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return await _too_large(send, limit)
         seen = 0
         refused = False
 
@@ -37,9 +39,9 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     refused = True
-                    await _too_large(send, self.max_bytes)
+                    await _too_large(send, limit)
                     return {"type": "http.disconnect"}
             return message
 

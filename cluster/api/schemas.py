@@ -66,10 +66,34 @@ class HeartbeatRequest(StrictModel):
     simulated: bool = Field(False, description="GPUs are declared, not detected (demos/tests).")
     rtt_ms: float | None = Field(None, ge=0, le=60_000)
     bandwidth_mbps: float | None = Field(None, ge=0, le=1_000_000)
+    workers: dict[str, str] = Field(
+        default_factory=dict, max_length=16, description="lease id -> starting | running | failed"
+    )
 
 
 class HeartbeatReply(BaseModel):
     state: str
+    assignments: list[dict] = Field(
+        default_factory=list, description="Lease nodes this seller should run now."
+    )
+
+
+class JobSubmit(StrictModel):
+    spec: dict = Field(description="The job spec (as in the YAML file).")
+    working_dir_zip: str | None = Field(None, description="base64 zip of runtime_env.working_dir.")
+
+
+class QuoteRequest(StrictModel):
+    spec: dict
+    explain: bool = False
+
+
+class Deposit(StrictModel):
+    amount: Decimal = Field(gt=0, le=10_000_000)
+
+    @property
+    def micros(self) -> int:
+        return int(self.amount * MICROS)
 
 
 class OfferRequest(StrictModel):

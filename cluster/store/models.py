@@ -67,6 +67,8 @@ class Seller(Base):
     enrolled_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     left_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # address retired
+    leases_completed: Mapped[int] = mapped_column(Integer, default=0)
+    leases_lost: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Offer(Base):
@@ -78,3 +80,68 @@ class Offer(Base):
     available_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_lease_hours: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(20))
+    spec: Mapped[dict] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    lease_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    upload_path: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    submission_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Lease(Base):
+    __tablename__ = "leases"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    state: Mapped[str] = mapped_column(String(20), index=True)
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    token: Mapped[str] = mapped_column(String(100))
+    port_base: Mapped[int] = mapped_column(Integer)
+    head_session: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    price_per_hour_micros: Mapped[int] = mapped_column(BigInteger)
+    escrow_micros: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    deadline: Mapped[float] = mapped_column(Float)
+
+
+class LeaseMember(Base):
+    __tablename__ = "lease_members"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    lease_id: Mapped[str] = mapped_column(ForeignKey("leases.id"), index=True)
+    seller_id: Mapped[str] = mapped_column(ForeignKey("sellers.id"), index=True)
+    gpus: Mapped[int] = mapped_column(Integer)
+    ask_micros: Mapped[int] = mapped_column(BigInteger)
+    price_micros: Mapped[int] = mapped_column(BigInteger)
+    driver: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(20))
+    assigned_at: Mapped[float] = mapped_column(Float)
+    attached_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    detached_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class LedgerEntry(Base):
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    txn_id: Mapped[str] = mapped_column(String(40), index=True)
+    account: Mapped[str] = mapped_column(String(80), index=True)
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(40))
+    ref: Mapped[str] = mapped_column(String(80), default="")
+    created_at: Mapped[float] = mapped_column(Float)

@@ -74,7 +74,12 @@ def test_offers_once_then_heartbeats_with_measurements():
     a.tick()
     assert fake.names() == ["put_offer", "rtt_ms", "bandwidth_mbps", "heartbeat", "heartbeat"]
     _, offer = fake.calls[0]
-    assert offer == {"seller_id": "s-1", "price_per_gpu_hour": "0.40", "max_lease_hours": 12}
+    assert offer == {
+        "seller_id": "s-1",
+        "price_per_gpu_hour": "0.40",
+        "max_lease_hours": 12,
+        "available_until": None,
+    }
     beat = fake.calls[3][1]
     assert beat["simulated"] is True and beat["rtt_ms"] == 2.5 and beat["bandwidth_mbps"] == 400
     assert beat["gpus"] == [{"model": "RTX4090", "vram_gb": 24, "simulated": True}] * 2

@@ -1,0 +1,270 @@
+"""What the coordinator does for buyers: take jobs, quote them, cancel them, show bills.
+
+Validation happens here, before anything is leased: a bad spec or a path trick in the
+upload is refused with the reason and nothing is written.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from computeswarm.cluster import ledger
+from computeswarm.cluster.accounts import Caller, Role
+from computeswarm.cluster.errors import ApiError, Conflict, NotFound
+from computeswarm.cluster.leases import bid_for
+from computeswarm.cluster.market import Match, match
+from computeswarm.cluster.store.models import Account, Job, Lease, LeaseMember, LedgerEntry, Seller
+from computeswarm.jobs.spec import parse_job_spec
+from computeswarm.jobs.states import JobState, job_transition
+from computeswarm.jobs.upload import unpack_working_dir
+
+if TYPE_CHECKING:
+    from computeswarm.cluster.coordinator import Coordinator
+
+
+class JobsService:
+    def __init__(self, coordinator: Coordinator):
+        self.c = coordinator
+
+    def submit(self, caller: Caller, spec_data: dict, working_dir_zip: bytes | None) -> dict:
+        caller.require(Role.BUYER, Role.ADMIN)
+        spec = parse_job_spec(spec_data, source="job spec")
+        if spec.runtime_env.working_dir and working_dir_zip is None:
+            raise ApiError(
+                "runtime_env.working_dir is set but no folder was uploaded "
+                "(`computeswarm submit` uploads it for you)"
+            )
+        job_id = f"j-{secrets.token_hex(6)}"
+        upload = None
+        if working_dir_zip is not None:
+            target = self.c.config.state_dir / "jobs" / job_id / "working_dir"
+            try:
+                unpack_working_dir(
+                    working_dir_zip, target, max_bytes=4 * self.c.config.market.max_upload_bytes
+                )
+            except BaseException:
+                shutil.rmtree(target.parent, ignore_errors=True)
+                raise
+            upload = str(target)
+        with self.c.store.transaction() as db:
+            job = Job(
+                id=job_id,
+                account_id=caller.account_id,
+                name=spec.name,
+                kind=spec.kind,
+                spec=spec.model_dump(mode="json"),
+                state=JobState.PENDING.value,
+                reason="waiting for the market",
+                upload_path=upload,
+                created_at=self.c.clock(),
+            )
+            db.add(job)
+        self.c.wake_scheduler()
+        return self.view(caller, job_id)
+
+    def quote(self, caller: Caller, spec_data: dict, explain: bool) -> dict:
+        """What the market would choose now, without leasing anything."""
+        spec = parse_job_spec(spec_data, source="job spec")
+        now = self.c.clock()
+        with self.c.store.transaction() as db:
+            asks = self.c.scheduler._asks(db, now)
+        decision = match(
+            bid_for("quote", spec), asks, now, self.c.config.market.fee_bps, explain_all=True
+        )
+        out: dict = {"escrow": _money(spec.escrow_micros), "max_duration_s": spec.max_duration}
+        if isinstance(decision, Match):
+            per_hour = decision.price_per_hour_micros
+            out |= {
+                "matched": True,
+                "price_per_hour": _money(per_hour),
+                "estimated_cost": _money(per_hour * int(spec.max_duration) // 3600),
+                "sellers": [
+                    {
+                        "seller_id": a.seller_id,
+                        "gpus": a.gpus,
+                        "ask_per_gpu_hour": _money(a.ask_micros),
+                        "price_per_gpu_hour": _money(a.price_micros),
+                    }
+                    for a in decision.allocations
+                ],
+            }
+            chosen = {a.seller_id for a in decision.allocations}
+            out["rejected"] = (
+                {}
+                if not explain
+                else {
+                    s: r
+                    for s, r in _reasons(
+                        bid_for("quote", spec), asks, now, self.c.config.market.fee_bps
+                    ).items()
+                    if s not in chosen
+                }
+            )
+        else:
+            out |= {"matched": False, "reason": decision.reason}
+            out["rejected"] = decision.rejected if explain else {}
+        return out
+
+    def cancel(self, caller: Caller, job_id: str) -> dict:
+        with self.c.store.transaction() as db:
+            job = self._own(db, caller, job_id)
+            state = JobState(job.state)
+            if state.is_terminal:
+                raise Conflict(f"job {job_id} already {state.value}")
+            if state is JobState.PENDING:
+                job.state = job_transition(state, JobState.CANCELLED).value
+                job.reason, job.ended_at = "cancelled by the buyer", self.c.clock()
+            else:
+                lease = db.get(Lease, job.lease_id)
+                self.c.scheduler._start_release(
+                    db, lease, "cancelled by the buyer", JobState.CANCELLED
+                )
+        self.c.wake_scheduler()
+        return self.view(caller, job_id)
+
+    def list(self, caller: Caller) -> list[dict]:
+        with self.c.store.transaction() as db:
+            query = select(Job.id).order_by(Job.created_at.desc())
+            if caller.role is not Role.ADMIN:
+                query = query.where(Job.account_id == caller.account_id)
+            ids = list(db.scalars(query))
+        return [self.view(caller, job_id) for job_id in ids]
+
+    def view(self, caller: Caller, job_id: str) -> dict:
+        with self.c.store.transaction() as db:
+            job = self._own(db, caller, job_id)
+            out = {
+                "id": job.id,
+                "name": job.name,
+                "kind": job.kind,
+                "state": job.state,
+                "reason": job.reason,
+                "created_at": job.created_at,
+                "started_at": job.started_at,
+                "ended_at": job.ended_at,
+                "lease": None,
+                "cost": None,
+            }
+            if job.lease_id:
+                lease = db.get(Lease, job.lease_id)
+                members = db.scalars(
+                    select(LeaseMember)
+                    .where(LeaseMember.lease_id == lease.id)
+                    .order_by(LeaseMember.id)
+                )
+                out["lease"] = {
+                    "id": lease.id,
+                    "state": lease.state,
+                    "reason": lease.reason,
+                    "price_per_hour": _money(lease.price_per_hour_micros),
+                    "escrow": _money(lease.escrow_micros),
+                    "members": [
+                        {
+                            "seller_id": m.seller_id,
+                            "gpus": m.gpus,
+                            "state": m.state,
+                            "driver": m.driver,
+                            "price_per_gpu_hour": _money(m.price_micros),
+                            "attached_at": m.attached_at,
+                            "detached_at": m.detached_at,
+                        }
+                        for m in members
+                    ],
+                }
+                settled = db.scalars(
+                    select(LedgerEntry).where(
+                        LedgerEntry.ref == lease.id, LedgerEntry.kind == "settle"
+                    )
+                ).all()
+                if settled:
+                    paid = sum(
+                        e.amount_micros
+                        for e in settled
+                        if e.account.startswith(("seller:", "platform"))
+                    )
+                    out["cost"] = _money(paid)
+            return out
+
+    def logs(self, caller: Caller, job_id: str, offset: int) -> dict:
+        with self.c.store.transaction() as db:
+            state = JobState(self._own(db, caller, job_id).state)
+        text = self.c.scheduler.job_logs(job_id)
+        done = state.is_terminal and self.c.scheduler.job_log_path(job_id).exists()
+        return {"text": text[offset:], "offset": len(text), "done": done, "state": state.value}
+
+    def ledger_view(self, caller: Caller, account: str | None) -> dict:
+        with self.c.store.transaction() as db:
+            if caller.role is Role.ADMIN:
+                accounts = [account] if account else None
+            elif caller.role is Role.BUYER:
+                own = ledger.buyer(caller.account_id)
+                leases = db.scalars(
+                    select(Lease.id).where(Lease.account_id == caller.account_id)
+                ).all()
+                allowed = [own, *(ledger.escrow(lease) for lease in leases)]
+                accounts = [account] if account in allowed else allowed
+            else:
+                sellers = db.scalars(
+                    select(Seller.id).where(Seller.account_id == caller.account_id)
+                ).all()
+                accounts = [ledger.seller(s) for s in sellers]
+            entries = ledger.entries_for(db, accounts)
+            balances: dict[str, int] = {}
+            for e in entries:
+                balances[e.account] = balances.get(e.account, 0) + e.amount_micros
+            return {
+                "balances": {a: _money(v) for a, v in sorted(balances.items())},
+                "balances_micros": dict(sorted(balances.items())),
+                "entries": [
+                    {
+                        "txn": e.txn_id,
+                        "account": e.account,
+                        "kind": e.kind,
+                        "ref": e.ref,
+                        "amount": _money(e.amount_micros),
+                        "amount_micros": e.amount_micros,
+                        "at": e.created_at,
+                    }
+                    for e in entries
+                ],
+            }
+
+    def deposit(self, caller: Caller, account_id: str, micros: int) -> dict:
+        caller.require(Role.ADMIN)
+        if micros <= 0:
+            raise ApiError("deposits are positive")
+        with self.c.store.transaction() as db:
+            if db.get(Account, account_id) is None:
+                raise NotFound(f"no account {account_id}")
+            ledger.post(
+                db, ledger.deposit(account_id, micros, ref=caller.account_id), self.c.clock()
+            )
+            return {
+                "account": ledger.buyer(account_id),
+                "balance": _money(ledger.balance(db, ledger.buyer(account_id))),
+            }
+
+    def _own(self, db, caller: Caller, job_id: str) -> Job:
+        job = db.get(Job, job_id)
+        if job is None or (caller.role is not Role.ADMIN and job.account_id != caller.account_id):
+            raise NotFound(f"no job {job_id}")
+        return job
+
+
+def _reasons(bid, asks, now, fee_bps) -> dict[str, str]:
+    from computeswarm.cluster.market import explain
+
+    return {
+        a.seller_id: explain(bid, a, now, fee_bps) or "eligible, but not among the cheapest"
+        for a in asks
+    }
+
+
+def _money(micros: int) -> str:
+    """Exact decimal text of integer micro-units (no float on the way)."""
+    whole, frac = divmod(abs(micros), 1_000_000)
+    return f"{'-' if micros < 0 else ''}{whole}.{frac:06d}"

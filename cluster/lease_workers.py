@@ -1,0 +1,120 @@
+"""A seller's Ray worker nodes, one per lease it serves, started and stopped on request.
+
+The agent reconciles what the coordinator assigns with what runs: a new assignment starts
+`ray start --block` (inside the workload namespace, where the agent itself runs), a
+withdrawn one stops that node's whole session. Sessions are recorded on disk, so an agent
+restarted after a crash stops the nodes its predecessor left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import threading
+from pathlib import Path
+
+from computeswarm.cluster.gpus import Gpu
+from computeswarm.cluster.ray_nodes import (
+    PortBlock,
+    node_env,
+    session_pids,
+    start_node,
+    stop_session,
+    worker_argv,
+)
+
+log = logging.getLogger("computeswarm.agent")
+READY_MARK = "Ray runtime started"
+SESSIONS_FILE = "worker-sessions.json"
+
+
+class LeaseWorkers:
+    def __init__(self, ip: str, state_dir: Path, gpus: list[Gpu]):
+        self.ip = ip
+        self.state_dir = state_dir
+        self.gpus = gpus
+        self.nodes: dict[str, tuple[subprocess.Popen, Path]] = {}
+
+    def stop_leftovers(self) -> None:
+        """Stop worker nodes a previous agent left running (it was killed)."""
+        path = self.state_dir / SESSIONS_FILE
+        if not path.exists():
+            return
+        for session in json.loads(path.read_text()).values():
+            if session_pids(session):
+                log.warning("stopping a worker node left by a previous agent (session %d)", session)
+                stop_session(session, grace_s=5)
+        path.unlink()
+
+    def reconcile(self, assignments: list[dict]) -> None:
+        wanted = {a["lease_id"]: a for a in assignments}
+        for lease_id in [k for k in self.nodes if k not in wanted]:
+            self._stop(lease_id)
+        for lease_id, assignment in wanted.items():
+            if lease_id not in self.nodes:
+                self._start(assignment)
+
+    def statuses(self) -> dict[str, str]:
+        out = {}
+        for lease_id, (process, log_path) in self.nodes.items():
+            if process.poll() is not None:
+                out[lease_id] = "failed"
+            elif log_path.exists() and READY_MARK in log_path.read_text(errors="replace"):
+                out[lease_id] = "running"
+            else:
+                out[lease_id] = "starting"
+        return out
+
+    @property
+    def starting(self) -> bool:
+        return "starting" in self.statuses().values()
+
+    def stop_all(self) -> None:
+        for lease_id in list(self.nodes):
+            self._stop(lease_id, wait=True)
+
+    def _start(self, a: dict) -> None:
+        lease_dir = self.state_dir / "leases" / a["lease_id"]
+        lease_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token = lease_dir / "token"
+        token.write_text(a["token"])
+        token.chmod(0o600)
+        model = self.gpus[0].model if self.gpus else "none"
+        argv = worker_argv(
+            head=a["head"],
+            ip=self.ip,
+            ports=PortBlock(a["port_base"]),
+            temp_dir=Path(f"/tmp/cs-ray/{a['lease_id']}-{a['port_base']}"),
+            cpus=a["cpus"],
+            gpus=a["gpus"],
+            memory_bytes=a["memory_bytes"],
+            object_store_bytes=min(a["memory_bytes"] // 4, 256 * 2**20),
+            resources={"cs_driver": 1} if a["driver"] else {},
+            labels={**a["labels"], "cs-gpu": model},
+        )
+        log_path = lease_dir / "worker.log"
+        log_path.unlink(missing_ok=True)
+        process = start_node(argv, node_env(token), log_path)
+        self.nodes[a["lease_id"]] = (process, log_path)
+        self._save()
+        log.info(
+            "lease %s: worker node starting (%d GPU%s, head %s)",
+            a["lease_id"],
+            a["gpus"],
+            "" if a["gpus"] == 1 else "s",
+            a["head"],
+        )
+
+    def _stop(self, lease_id: str, wait: bool = False) -> None:
+        process, _ = self.nodes.pop(lease_id)
+        self._save()
+        log.info("lease %s: stopping the worker node", lease_id)
+        if wait:
+            stop_session(process.pid, grace_s=5)
+        else:
+            threading.Thread(target=stop_session, args=(process.pid, 5.0), daemon=True).start()
+
+    def _save(self) -> None:
+        sessions = {lease: process.pid for lease, (process, _) in self.nodes.items()}
+        (self.state_dir / SESSIONS_FILE).write_text(json.dumps(sessions))

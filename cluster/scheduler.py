@@ -1,0 +1,566 @@
+"""The lease scheduler: forms, runs and ends leases, acting on the market's decisions.
+
+One loop (a coordinator thread) moves every job and lease along:
+
+    pending job --match--> lease matched (escrow held, sellers leased)
+    matched --start head--> provisioning --all workers attached--> running (job submitted)
+    running --job ends / cancel / budget or time spent / seller lost--> releasing
+    releasing --workers detached, head stopped, ledger settled--> closed | failed
+
+Decisions are made in store transactions; processes (Ray heads) and HTTP calls (the
+lease's Jobs API) happen between them, never inside one.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+from sqlalchemy import select
+
+from computeswarm.cluster import ledger
+from computeswarm.cluster.leases import (
+    LeaseState,
+    MemberState,
+    ask_for,
+    bid_for,
+    budget_end,
+    free_port_base,
+    lease_transition,
+    reliability,
+)
+from computeswarm.cluster.market import Match, OrderBook
+from computeswarm.cluster.ray_nodes import PortBlock, head_argv, node_env, start_node, stop_session
+from computeswarm.cluster.states import SellerEvent, SellerState, transition
+from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Offer, Seller
+from computeswarm.jobs.spec import ScriptJob
+from computeswarm.jobs.states import JobState, job_transition
+
+if TYPE_CHECKING:
+    from computeswarm.cluster.coordinator import Coordinator
+
+log = logging.getLogger("computeswarm.scheduler")
+HEAD_PORT_START = 20000
+HEAD_SLOTS = 50
+PROVISION_TIMEOUT_S = 180.0
+HEAD_OBJECT_STORE_BYTES = 80 * 1024 * 1024
+ACTIVE_LEASE_STATES = (
+    LeaseState.MATCHED,
+    LeaseState.PROVISIONING,
+    LeaseState.RUNNING,
+    LeaseState.RELEASING,
+)
+
+
+class LeaseScheduler:
+    def __init__(self, coordinator: Coordinator):
+        self.c = coordinator
+        self.heads: dict[str, subprocess.Popen] = {}
+        self._jobs_clients: dict[str, object] = {}
+        self._dashboards: dict[str, tuple[str, dict]] = {}
+        self._lock = threading.Lock()  # one tick at a time
+
+    @property
+    def head_ip(self) -> str:
+        """Where lease members reach lease heads: the hub's overlay address."""
+        return self.c.hub.tunnel.address
+
+    def tick(self) -> None:
+        with self._lock:
+            now = self.c.clock()
+            self.match_pending(now)
+            self.provision(now)
+            self.watch(now)
+            self.release(now)
+
+    # -- pending -> matched ---------------------------------------------------------------
+
+    def match_pending(self, now: float) -> None:
+        with self.c.store.transaction() as db:
+            jobs = db.scalars(
+                select(Job).where(Job.state == JobState.PENDING.value).order_by(Job.created_at)
+            ).all()
+            if not jobs:
+                return
+            book = OrderBook(self._asks(db, now), now, self.c.config.market.fee_bps)
+            used_ports = db.scalars(
+                select(Lease.port_base).where(
+                    Lease.state.in_([s.value for s in ACTIVE_LEASE_STATES])
+                )
+            ).all()
+            for job in jobs:
+                spec = ScriptJob.model_validate(job.spec)
+                escrow = spec.escrow_micros
+                funds = ledger.balance(db, ledger.buyer(job.account_id))
+                if funds < escrow:
+                    self._end_job(
+                        job,
+                        JobState.FAILED,
+                        now,
+                        (
+                            f"insufficient funds: {funds / 1e6:.6f} available, {escrow / 1e6:.6f} "
+                            "needed in escrow (budget, or max price x GPUs x max_duration)"
+                        ),
+                    )
+                    continue
+                decision = book.place(bid_for(job.id, spec))
+                if not isinstance(decision, Match):
+                    if spec.queue:
+                        job.reason = f"waiting for supply: {decision.reason}"
+                    else:
+                        self._end_job(
+                            job, JobState.FAILED, now, f"no match (queue: false): {decision.reason}"
+                        )
+                    continue
+                port = free_port_base(used_ports, HEAD_PORT_START, PortBlock.SIZE, HEAD_SLOTS)
+                used_ports = [*used_ports, port]
+                self._open_lease(db, job, spec, decision, port, escrow, now)
+
+    def _open_lease(
+        self, db, job: Job, spec: ScriptJob, match: Match, port: int, escrow: int, now: float
+    ) -> None:
+        lease = Lease(
+            id=f"l-{secrets.token_hex(6)}",
+            account_id=job.account_id,
+            job_id=job.id,
+            state=LeaseState.MATCHED.value,
+            reason="",
+            token=secrets.token_urlsafe(24),
+            port_base=port,
+            price_per_hour_micros=match.price_per_hour_micros,
+            escrow_micros=escrow,
+            created_at=now,
+            deadline=now + spec.max_duration,
+        )
+        db.add(lease)
+        db.flush()
+        for index, allocation in enumerate(match.allocations):
+            db.add(
+                LeaseMember(
+                    lease_id=lease.id,
+                    seller_id=allocation.seller_id,
+                    gpus=allocation.gpus,
+                    ask_micros=allocation.ask_micros,
+                    price_micros=allocation.price_micros,
+                    driver=index == 0,
+                    state=MemberState.ASSIGNED.value,
+                    assigned_at=now,
+                )
+            )
+            seller = db.get(Seller, allocation.seller_id)
+            seller.state = transition(SellerState(seller.state), SellerEvent.LEASE).value
+        ledger.post(db, ledger.hold(job.account_id, lease.id, escrow), now)
+        job.state = job_transition(JobState(job.state), JobState.SCHEDULED).value
+        job.lease_id, job.reason = lease.id, ""
+        log.info(
+            "job %s matched: lease %s on %s at %d micros/h",
+            job.id,
+            lease.id,
+            [a.seller_id for a in match.allocations],
+            match.price_per_hour_micros,
+        )
+
+    def _asks(self, db, now: float) -> list:
+        rows = db.execute(
+            select(Seller, Offer)
+            .join(Offer, Offer.seller_id == Seller.id)
+            .where(Seller.state == SellerState.ONLINE.value, Seller.left_at.is_(None))
+        ).all()
+        asks = []
+        for seller, offer in rows:
+            if offer.available_from and offer.available_from > now:
+                continue
+            ask = ask_for(
+                seller.id,
+                seller.gpus or [],
+                offer.price_per_gpu_hour_micros,
+                reliability(seller.leases_completed, seller.leases_lost),
+                offer.max_lease_hours,
+                offer.available_until,
+            )
+            if ask:
+                asks.append(ask)
+        return asks
+
+    # -- matched -> provisioning -> running -----------------------------------------------
+
+    def provision(self, now: float) -> None:
+        with self.c.store.transaction() as db:
+            matched = [
+                (lease.id, lease.port_base, lease.token)
+                for lease in db.scalars(
+                    select(Lease).where(Lease.state == LeaseState.MATCHED.value)
+                )
+            ]
+        for lease_id, port, token in matched:
+            process = self._start_head(lease_id, port, token)
+            with self.c.store.transaction() as db:
+                lease = db.get(Lease, lease_id)
+                lease.state = lease_transition(
+                    LeaseState(lease.state), LeaseState.PROVISIONING
+                ).value
+                lease.head_session = process.pid
+        with self.c.store.transaction() as db:
+            ready = []
+            for lease in db.scalars(
+                select(Lease).where(Lease.state == LeaseState.PROVISIONING.value)
+            ):
+                members = self._members(db, lease.id)
+                if members and all(m.state == MemberState.ATTACHED.value for m in members):
+                    ready.append(lease.id)
+                elif now - lease.created_at > PROVISION_TIMEOUT_S:
+                    self._start_release(
+                        db,
+                        lease,
+                        f"lease formation timed out ({PROVISION_TIMEOUT_S:.0f} s)",
+                        JobState.FAILED,
+                    )
+        for lease_id in ready:
+            self._submit(lease_id, now)
+
+    def _start_head(self, lease_id: str, port: int, token: str) -> subprocess.Popen:
+        lease_dir = self.lease_dir(lease_id)
+        token_path = lease_dir / "token"
+        lease_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        token_path.write_text(token)
+        token_path.chmod(0o600)
+        argv = head_argv(
+            ip=self.head_ip,
+            ports=PortBlock(port),
+            temp_dir=Path(f"/tmp/cs-ray/{lease_id}"),
+            object_store_bytes=HEAD_OBJECT_STORE_BYTES,
+            system_config=self.c.config.market.ray_system_config,
+        )
+        process = start_node(argv, node_env(token_path), lease_dir / "head.log")
+        self.heads[lease_id] = process
+        log.info("lease %s: head starting on %s:%d", lease_id, self.head_ip, port)
+        return process
+
+    def _submit(self, lease_id: str, now: float) -> None:
+        with self.c.store.transaction() as db:
+            lease = db.get(Lease, lease_id)
+            job = db.get(Job, lease.job_id)
+            spec = ScriptJob.model_validate(job.spec)
+            upload, job_id = job.upload_path, job.id
+        client = self._client(lease_id)
+        if client is None:
+            return  # the head's dashboard is not up yet: next tick
+        runtime_env: dict = {
+            "env_vars": {
+                **spec.runtime_env.env_vars,
+                "COMPUTESWARM_JOB_ID": job_id,
+                "COMPUTESWARM_LEASE_ID": lease_id,
+            }
+        }
+        if upload:
+            runtime_env["working_dir"] = upload
+        if spec.runtime_env.pip:
+            runtime_env["pip"] = spec.runtime_env.pip
+        try:
+            submission = client.submit_job(
+                entrypoint=spec.entrypoint,
+                runtime_env=runtime_env,
+                entrypoint_resources={"cs_driver": 1},
+                submission_id=f"{job_id}-{lease_id}",
+            )
+        except Exception as e:  # the head refused: end the lease with the reason
+            with self.c.store.transaction() as db:
+                self._start_release(
+                    db,
+                    db.get(Lease, lease_id),
+                    f"the lease's Ray cluster refused the job: {e}",
+                    JobState.FAILED,
+                )
+            return
+        with self.c.store.transaction() as db:
+            lease, job = db.get(Lease, lease_id), db.get(Job, job_id)
+            lease.state = lease_transition(LeaseState(lease.state), LeaseState.RUNNING).value
+            lease.started_at = now
+            job.state = job_transition(JobState(job.state), JobState.RUNNING).value
+            job.submission_id, job.started_at = submission, now
+        log.info("job %s submitted to lease %s", job_id, lease_id)
+
+    # -- running: watch the job, the clock, the budget and the sellers --------------------
+
+    def watch(self, now: float) -> None:
+        with self.c.store.transaction() as db:
+            running = [
+                (lease.id, lease.job_id)
+                for lease in db.scalars(
+                    select(Lease).where(Lease.state == LeaseState.RUNNING.value)
+                )
+            ]
+            self._lose_vanished_members(db, now)
+        for lease_id, job_id in running:
+            status = self._job_status(lease_id, job_id)
+            with self.c.store.transaction() as db:
+                lease, job = db.get(Lease, lease_id), db.get(Job, job_id)
+                if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                    final = {
+                        "SUCCEEDED": JobState.SUCCEEDED,
+                        "FAILED": JobState.FAILED,
+                        "STOPPED": JobState.CANCELLED,
+                    }[status]
+                    reason = job.reason or (
+                        "" if final is JobState.SUCCEEDED else f"the job ended {status.lower()}"
+                    )
+                    self._start_release(db, lease, reason, final)
+                elif now >= lease.deadline:
+                    self._start_release(db, lease, "max_duration reached", JobState.FAILED)
+                elif now >= budget_end(
+                    lease.started_at or now, lease.escrow_micros, lease.price_per_hour_micros
+                ):
+                    self._start_release(db, lease, "budget spent", JobState.FAILED)
+                elif lost := self._lost_member(db, lease.id):
+                    self._repair_or_fail(db, lease, lost, now)
+
+    def _lose_vanished_members(self, db, now: float) -> None:
+        """Members whose seller went offline are lost: metering stops at the last sign."""
+        rows = db.execute(
+            select(LeaseMember, Seller)
+            .join(Seller, Seller.id == LeaseMember.seller_id)
+            .where(
+                LeaseMember.state.in_([MemberState.ASSIGNED.value, MemberState.ATTACHED.value]),
+                Seller.state == SellerState.OFFLINE.value,
+            )
+        ).all()
+        for member, seller in rows:
+            member.state = MemberState.LOST.value
+            member.detached_at = max(
+                member.attached_at or now, min(now, seller.last_heartbeat or now)
+            )
+            seller.leases_lost += 1
+            log.warning("lease %s lost seller %s", member.lease_id, seller.id)
+
+    def _lost_member(self, db, lease_id: str) -> LeaseMember | None:
+        return db.scalars(
+            select(LeaseMember).where(
+                LeaseMember.lease_id == lease_id,
+                LeaseMember.state == MemberState.LOST.value,
+                LeaseMember.detached_at.is_not(None),
+            )
+        ).first()
+
+    def _repair_or_fail(self, db, lease: Lease, lost: LeaseMember, now: float) -> None:
+        job = db.get(Job, lease.job_id)
+        lost.state = MemberState.DROPPED.value  # handled once: replaced, or the lease ends
+        if lost.driver:
+            self._start_release(
+                db,
+                lease,
+                f"seller {lost.seller_id} (running the job's driver) was lost",
+                JobState.FAILED,
+            )
+            return
+        spec = ScriptJob.model_validate(job.spec)
+        members = {
+            m.seller_id
+            for m in db.scalars(select(LeaseMember).where(LeaseMember.lease_id == lease.id))
+        }
+        asks = [a for a in self._asks(db, now) if a.seller_id not in members]
+        bid = bid_for(job.id, spec)
+        single = type(bid)(**{**bid.__dict__, "nodes": 1})
+        decision = OrderBook(asks, now, self.c.config.market.fee_bps).place(single)
+        if not isinstance(decision, Match):
+            self._start_release(
+                db,
+                lease,
+                f"seller {lost.seller_id} was lost and no "
+                f"replacement is available ({decision.reason})",
+                JobState.FAILED,
+            )
+            return
+        allocation = decision.allocations[0]
+        db.add(
+            LeaseMember(
+                lease_id=lease.id,
+                seller_id=allocation.seller_id,
+                gpus=allocation.gpus,
+                ask_micros=allocation.ask_micros,
+                price_micros=allocation.price_micros,
+                driver=False,
+                state=MemberState.ASSIGNED.value,
+                assigned_at=now,
+            )
+        )
+        seller = db.get(Seller, allocation.seller_id)
+        seller.state = transition(SellerState(seller.state), SellerEvent.LEASE).value
+        log.info("lease %s repaired: %s replaces %s", lease.id, seller.id, lost.seller_id)
+
+    # -- releasing -> closed --------------------------------------------------------------
+
+    def _start_release(self, db, lease: Lease, reason: str, job_state: JobState) -> None:
+        lease.state = lease_transition(LeaseState(lease.state), LeaseState.RELEASING).value
+        lease.reason = reason
+        job = db.get(Job, lease.job_id)
+        if job and not JobState(job.state).is_terminal:
+            self._end_job(job, job_state, self.c.clock(), reason)
+
+    def release(self, now: float) -> None:
+        with self.c.store.transaction() as db:
+            releasing = [
+                (lease.id, lease.head_session, lease.job_id)
+                for lease in db.scalars(
+                    select(Lease).where(Lease.state == LeaseState.RELEASING.value)
+                )
+            ]
+        for lease_id, session, job_id in releasing:
+            self._stop_job(lease_id, job_id)
+            self._save_logs(lease_id, job_id)
+            with self.c.store.transaction() as db:
+                self._settle(db, db.get(Lease, lease_id), self.c.clock())
+            if session:
+                threading.Thread(target=stop_session, args=(session,), daemon=True).start()
+            self.heads.pop(lease_id, None)
+            self._jobs_clients.pop(lease_id, None)
+            self._dashboards.pop(lease_id, None)
+
+    def _settle(self, db, lease: Lease, now: float) -> None:
+        """Detach everyone, pay out of escrow, return the rest, free the sellers."""
+        usages = []
+        for member in self._members(db, lease.id, everyone=True):
+            if member.state in (MemberState.ASSIGNED.value, MemberState.ATTACHED.value):
+                member.detached_at = now if member.attached_at else None
+                member.state = MemberState.DETACHED.value
+                seller = db.get(Seller, member.seller_id)
+                if seller.state == SellerState.LEASED.value:
+                    seller.state = transition(SellerState.LEASED, SellerEvent.RELEASE).value
+                if member.attached_at:
+                    seller.leases_completed += 1
+            elif member.state == MemberState.LOST.value:
+                member.state = MemberState.DROPPED.value
+            seconds = ledger.metered_seconds(member.attached_at, member.detached_at)
+            if seconds:
+                usages.append(
+                    ledger.Usage(
+                        member.seller_id,
+                        member.gpus,
+                        seconds,
+                        member.ask_micros,
+                        member.price_micros,
+                    )
+                )
+        txn = ledger.settle(lease.account_id, lease.id, lease.escrow_micros, usages)
+        ledger.post(db, txn, now)
+        self.c.record_sale(usages)
+        failed = lease.reason and db.get(Job, lease.job_id).state != JobState.SUCCEEDED.value
+        lease.state = (LeaseState.FAILED if failed else LeaseState.CLOSED).value
+        lease.ended_at = now
+        log.info("lease %s %s: %s", lease.id, lease.state, lease.reason or "job done")
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def lease_dir(self, lease_id: str) -> Path:
+        return self.c.config.state_dir / "leases" / lease_id
+
+    def job_log_path(self, job_id: str) -> Path:
+        return self.c.config.state_dir / "jobs" / job_id / "driver.log"
+
+    def _members(self, db, lease_id: str, everyone: bool = False) -> list[LeaseMember]:
+        query = select(LeaseMember).where(LeaseMember.lease_id == lease_id)
+        if not everyone:
+            query = query.where(
+                LeaseMember.state.in_([MemberState.ASSIGNED.value, MemberState.ATTACHED.value])
+            )
+        return list(db.scalars(query))
+
+    def _end_job(self, job: Job, state: JobState, now: float, reason: str) -> None:
+        job.state = job_transition(JobState(job.state), state).value
+        job.reason, job.ended_at = reason[:500], now
+
+    def _client(self, lease_id: str):
+        """The lease's Jobs API client, or None while its head is still starting."""
+        if lease_id in self._jobs_clients:
+            return self._jobs_clients[lease_id]
+        from ray.job_submission import JobSubmissionClient
+
+        with self.c.store.transaction() as db:
+            lease = db.get(Lease, lease_id)
+            url = f"http://{self.head_ip}:{PortBlock(lease.port_base).dashboard}"
+            headers = {"Authorization": f"Bearer {lease.token}"}
+        try:
+            client = JobSubmissionClient(url, headers=headers)
+        except Exception:
+            return None
+        self._jobs_clients[lease_id] = client
+        self._dashboards[lease_id] = (url, headers)
+        return client
+
+    def _job_status(self, lease_id: str, job_id: str) -> str | None:
+        client = self._client(lease_id)
+        if client is None:
+            return None
+        try:
+            return str(client.get_job_status(f"{job_id}-{lease_id}").value)
+        except Exception as e:
+            log.warning("lease %s: job status unavailable: %s", lease_id, e)
+            return None
+
+    def job_logs(self, job_id: str) -> str:
+        """The driver's output so far: live from the lease, or saved after it ended."""
+        saved = self.job_log_path(job_id)
+        if saved.exists():
+            return saved.read_text(errors="replace")
+        with self.c.store.transaction() as db:
+            job = db.get(Job, job_id)
+            lease_id = job.lease_id if job and job.submission_id else None
+        client = self._client(lease_id) if lease_id else None
+        if client is None:
+            return ""
+        submission = f"{job_id}-{lease_id}"
+        try:
+            # The driver runs on a seller, and its log lives there: fetch that node's file
+            # through the head (the Jobs API's own log call only sees the head's part).
+            node = client.get_job_info(submission).driver_node_id
+            if not node:
+                return ""
+            url, headers = self._dashboards[lease_id]
+            response = httpx.get(
+                f"{url}/api/v0/logs/file",
+                headers=headers,
+                timeout=10,
+                params={
+                    "node_id": node,
+                    "lines": 100_000,
+                    "filename": f"job-driver-{submission}.log",
+                },
+            )
+            return response.text if response.status_code == 200 else ""
+        except Exception:
+            return ""
+
+    def _stop_job(self, lease_id: str, job_id: str) -> None:
+        client = self._jobs_clients.get(lease_id)
+        if client is None:
+            return
+        try:
+            submission = f"{job_id}-{lease_id}"
+            if not client.get_job_status(submission).is_terminal():
+                client.stop_job(submission)  # SIGTERM first: the job is told before the end
+                deadline = time.monotonic() + 10
+                while (
+                    time.monotonic() < deadline
+                    and not client.get_job_status(submission).is_terminal()
+                ):
+                    time.sleep(0.5)
+        except Exception as e:
+            log.warning("lease %s: could not stop the job cleanly: %s", lease_id, e)
+
+    def _save_logs(self, lease_id: str, job_id: str) -> None:
+        path = self.job_log_path(job_id)
+        if path.exists():
+            return
+        logs = self.job_logs(job_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(logs)
+
+    def stop_all(self) -> None:
+        for process in list(self.heads.values()):
+            stop_session(process.pid, grace_s=5)
+        self.heads.clear()

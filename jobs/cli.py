@@ -1,0 +1,221 @@
+"""Buyer commands: `submit`, `jobs ...`, `market quote`, `ledger`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+jobs_app = typer.Typer(help="Your jobs: list, status, logs, cancel.", no_args_is_help=True)
+market_app = typer.Typer(help="Ask the market without leasing anything.", no_args_is_help=True)
+
+COORDINATOR = typer.Option(
+    None,
+    "--coordinator",
+    envvar="COMPUTESWARM_COORDINATOR",
+    help="Coordinator URL (default: your profile, then localhost).",
+)
+API_KEY = typer.Option(
+    None,
+    "--api-key",
+    envvar="COMPUTESWARM_API_KEY",
+    help="Your API key (default: your profile's buyer key).",
+)
+JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
+MAX_UPLOAD = 16 * 1024 * 1024
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def submit(
+    spec_file: Path = typer.Argument(..., help="The job spec (YAML)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Stream logs until it ends."),
+    coordinator: str | None = COORDINATOR,
+    api_key: str | None = API_KEY,
+    as_json: bool = JSON,
+) -> None:
+    """Submit a job spec; its working_dir is uploaded. Waits for supply if the market has none."""
+    from computeswarm.jobs.spec import load_job_spec
+    from computeswarm.jobs.upload import pack_working_dir
+
+    spec, working_dir = load_job_spec(spec_file)
+    upload = pack_working_dir(working_dir, MAX_UPLOAD) if working_dir else None
+    client = _client(coordinator, api_key)
+    job = client.submit_job(spec.model_dump(mode="json"), upload)
+    if as_json and not follow:
+        typer.echo(json.dumps(job))
+        return
+    typer.echo(f"submitted {job['id']} ({job['name']}): {job['state']}", err=True)
+    if follow:
+        raise typer.Exit(_follow(client, job["id"]))
+
+
+@jobs_app.command("list")
+def jobs_list(
+    coordinator: str | None = COORDINATOR, api_key: str | None = API_KEY, as_json: bool = JSON
+) -> None:
+    """Your jobs, newest first."""
+    jobs = _client(coordinator, api_key).jobs()
+    if as_json:
+        typer.echo(json.dumps(jobs))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "name", "state", "lease", "cost", "reason")
+    for job in jobs:
+        lease = job["lease"]
+        table.add_row(
+            job["id"],
+            job["name"],
+            job["state"],
+            lease["id"] if lease else "-",
+            job["cost"] or "-",
+            job["reason"] or "",
+        )
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@jobs_app.command("status")
+def jobs_status(
+    job_id: str,
+    coordinator: str | None = COORDINATOR,
+    api_key: str | None = API_KEY,
+    as_json: bool = JSON,
+) -> None:
+    """One job: state, reason, its lease's sellers and price, its cost."""
+    job = _client(coordinator, api_key).job(job_id)
+    if as_json:
+        typer.echo(json.dumps(job))
+        return
+    typer.echo(
+        f"{job['id']} ({job['name']}): {job['state']}"
+        + (f" - {job['reason']}" if job["reason"] else "")
+    )
+    lease = job["lease"]
+    if lease:
+        typer.echo(
+            f"  lease {lease['id']}: {lease['state']}, {lease['price_per_hour']}/h, "
+            f"escrow {lease['escrow']}"
+        )
+        for m in lease["members"]:
+            typer.echo(
+                f"    {m['seller_id']}: {m['gpus']} GPU(s) at {m['price_per_gpu_hour']}"
+                f"/GPU-h, {m['state']}{' (driver)' if m['driver'] else ''}"
+            )
+    if job["cost"]:
+        typer.echo(f"  cost: {job['cost']}")
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: str,
+    follow: bool = typer.Option(False, "--follow", "-f"),
+    coordinator: str | None = COORDINATOR,
+    api_key: str | None = API_KEY,
+) -> None:
+    """The job driver's output (streamed with --follow)."""
+    client = _client(coordinator, api_key)
+    if follow:
+        raise typer.Exit(_follow(client, job_id))
+    typer.echo(client.job_logs(job_id)["text"], nl=False)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: str, coordinator: str | None = COORDINATOR, api_key: str | None = API_KEY
+) -> None:
+    """Cancel a job: its lease is released and you pay only for the time used."""
+    job = _client(coordinator, api_key).cancel_job(job_id)
+    typer.echo(f"{job['id']}: {job['state']}")
+
+
+@market_app.command("quote")
+def market_quote(
+    spec_file: Path,
+    explain: bool = typer.Option(False, "--explain", help="Say why each seller was not chosen."),
+    coordinator: str | None = COORDINATOR,
+    api_key: str | None = API_KEY,
+    as_json: bool = JSON,
+) -> None:
+    """The sellers, price and estimated cost the market would choose now."""
+    from computeswarm.jobs.spec import load_job_spec
+
+    spec, _ = load_job_spec(spec_file)
+    quote = _client(coordinator, api_key).quote(spec.model_dump(mode="json"), explain)
+    if as_json:
+        typer.echo(json.dumps(quote))
+        return
+    if quote["matched"]:
+        typer.echo(
+            f"{quote['price_per_hour']}/h, at most {quote['estimated_cost']} for "
+            f"{quote['max_duration_s'] / 3600:g} h (escrow {quote['escrow']})"
+        )
+        for s in quote["sellers"]:
+            typer.echo(
+                f"  {s['seller_id']}: {s['gpus']} GPU(s), ask {s['ask_per_gpu_hour']}, "
+                f"you pay {s['price_per_gpu_hour']} per GPU-h"
+            )
+    else:
+        typer.echo(f"no match now: {quote['reason']}")
+    for seller, reason in quote.get("rejected", {}).items():
+        typer.echo(f"  not {seller}: {reason}")
+
+
+def ledger(
+    account: str | None = typer.Option(None, help="One account (admins: any)."),
+    coordinator: str | None = COORDINATOR,
+    api_key: str | None = API_KEY,
+    as_json: bool = JSON,
+) -> None:
+    """Balances and entries you may see: your spend, or your earnings."""
+    view = _client(coordinator, api_key).ledger(account)
+    if as_json:
+        typer.echo(json.dumps(view))
+        return
+    for entry in view["entries"]:
+        typer.echo(
+            f"  {entry['txn']}  {entry['kind']:<12} {entry['ref']:<16} "
+            f"{entry['account']:<28} {entry['amount']:>14}"
+        )
+    typer.echo("balances:")
+    for account_name, amount in view["balances"].items():
+        typer.echo(f"  {account_name:<30} {amount:>14}")
+
+
+def _follow(client, job_id: str) -> int:
+    """Print logs as they come until the job ends; exit 0 only if it succeeded."""
+    offset, state = 0, "pending"
+    last_reason = None
+    while True:
+        chunk = client.job_logs(job_id, offset)
+        if chunk["text"]:
+            typer.echo(chunk["text"], nl=False)
+        offset, state = chunk["offset"], chunk["state"]
+        if chunk["done"]:
+            break
+        if state in ("pending", "scheduled"):
+            reason = client.job(job_id)["reason"]
+            if reason != last_reason:
+                typer.echo(f"[{state}] {reason}", err=True)
+                last_reason = reason
+        time.sleep(1.0)
+    job = client.job(job_id)
+    typer.echo(f"[{job['state']}] {job['reason'] or ''} cost {job['cost'] or '0'}", err=True)
+    return 0 if job["state"] == "succeeded" else 1
+
+
+def _client(coordinator: str | None, api_key: str | None):
+    from computeswarm.cluster.client import CoordinatorClient
+    from computeswarm.cluster.errors import ConfigError
+    from computeswarm.profile import resolve
+
+    url, key = resolve(coordinator, api_key)
+    if not key:
+        raise ConfigError(
+            "no API key: pass --api-key, set COMPUTESWARM_API_KEY, or run "
+            "`computeswarm up --local` (it writes a profile)"
+        )
+    return CoordinatorClient(url, key, timeout=60)
