@@ -148,6 +148,7 @@ class Coordinator:
             overlay.listen_port,
             placement,
             public_tcp_ports=(self.config.listen_port,),
+            overlay_tcp_ports=(self.config.listen_port,),
         )
         self.backend_name = backend.name
         self.metrics.register(TunnelCollector(self._tunnel_snapshot))
@@ -275,6 +276,32 @@ class Coordinator:
                 self.check_heartbeats()
             except Exception:  # keep watching; the next round retries
                 log.exception("heartbeat check failed")
+
+    def sync_fence(self) -> None:
+        """Each active lease is a group: its members reach each other and its head's ports,
+        and no one else's."""
+        from computeswarm.cluster.leases import MemberState
+        from computeswarm.cluster.scheduler import ACTIVE_LEASE_STATES
+        from computeswarm.cluster.store.models import Lease, LeaseMember
+
+        with self.store.transaction() as db:
+            rows = db.execute(
+                select(Lease.id, Lease.port_base, Seller.address)
+                .join(LeaseMember, LeaseMember.lease_id == Lease.id)
+                .join(Seller, Seller.id == LeaseMember.seller_id)
+                .where(
+                    Lease.state.in_([s.value for s in ACTIVE_LEASE_STATES]),
+                    LeaseMember.state.in_([MemberState.ASSIGNED.value, MemberState.ATTACHED.value]),
+                )
+            ).all()
+        groups: dict[str, set[str]] = {}
+        services: dict[str, tuple[int, int]] = {}
+        for lease_id, port_base, address in rows:
+            groups.setdefault(lease_id, set()).add(address)
+            services[lease_id] = (port_base, port_base + 99)
+        wanted = ({k: frozenset(v) for k, v in groups.items()}, services)
+        if wanted != (self.hub.groups, self.hub.services):  # rewrite rules only on change
+            self.hub.set_groups(*wanted)
 
     def wake_scheduler(self) -> None:
         self._wake.set()

@@ -75,9 +75,11 @@ class LeaseScheduler:
         with self._lock:
             now = self.c.clock()
             self.match_pending(now)
+            self.c.sync_fence()  # members reach their head before they are told to start
             self.provision(now)
             self.watch(now)
             self.release(now)
+            self.c.sync_fence()
 
     # -- pending -> matched ---------------------------------------------------------------
 

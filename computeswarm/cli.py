@@ -43,6 +43,34 @@ def _root(
     """Rent out and rent consumer GPUs for distributed ML, as Ray clusters over WireGuard."""
 
 
+@app.command("up")
+def up(
+    local: bool = typer.Option(..., "--local", help="A whole swarm on this machine."),
+    sellers: int = typer.Option(2, min=1, max=8, help="How many simulated sellers."),
+    gpus: str = typer.Option("RTX4090:24GB:1", help="Each seller's (simulated) GPUs."),
+    price: str = typer.Option("0.40", help="Each seller's ask per GPU-hour."),
+    deposit: str = typer.Option("100", help="Funds for the local buyer."),
+) -> None:
+    """Start a local swarm: coordinator + sellers (real WireGuard when root, else loopback)."""
+    from computeswarm.cluster.local_swarm import up as swarm_up
+
+    swarm = swarm_up(sellers, gpus, price, deposit, say=lambda m: typer.echo(m, err=True))
+    typer.echo(
+        f"coordinator: {swarm.coordinator}  (API docs: {swarm.coordinator}/docs)\n"
+        f"buyer key:   {swarm.buyer_key}\n"
+        f"admin key:   {swarm.admin_key}\n"
+        "saved to your profile: `computeswarm submit SPEC --follow` works as is"
+    )
+
+
+@app.command("down")
+def down(local: bool = typer.Option(..., "--local", help="The local swarm.")) -> None:
+    """Stop and remove the local swarm (processes, namespaces, tunnels)."""
+    from computeswarm.cluster.local_swarm import down as swarm_down
+
+    swarm_down(say=lambda m: typer.echo(m, err=True))
+
+
 app.command("submit")(submit)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(market_app, name="market")

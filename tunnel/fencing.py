@@ -51,10 +51,17 @@ class UnderlayFence:
 
 @dataclass(frozen=True)
 class HubFence:
-    """Forward between spokes only inside a group; default deny for the overlay."""
+    """Forward between spokes only inside a group; default deny for the overlay.
+
+    With `open_tcp_ports` set, the hub's own services are fenced too: from the overlay,
+    only those ports (the coordinator API) are open to every spoke, and each group's
+    `services` port range (its lease head) only to that group's members.
+    """
 
     wg_iface: str
     groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    services: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    open_tcp_ports: tuple[int, ...] | None = None
 
     def pairs(self) -> list[tuple[str, str]]:
         return allowed_pairs(self.groups)
@@ -75,7 +82,27 @@ class HubFence:
             f"oifname {wg} drop",
             "}",
         ]
+        if self.open_tcp_ports is not None:
+            out += self._input_rules(wg)
         return out
+
+    def _input_rules(self, wg: str) -> list[str]:
+        rules = [
+            "chain overlay_input {",
+            "type filter hook input priority filter; policy accept;",
+            f"iifname {wg} ct state established,related accept",
+            f"iifname {wg} icmp type echo-request accept",
+        ]
+        if self.open_tcp_ports:
+            ports = _set_of(str(p) for p in self.open_tcp_ports)
+            rules.append(f"iifname {wg} tcp dport {ports} accept")
+        for group, (low, high) in sorted(self.services.items()):
+            members = sorted(self.groups.get(group, ()))
+            if members:
+                rules.append(
+                    f"iifname {wg} ip saddr {_set_of(members)} tcp dport {low}-{high} accept"
+                )
+        return [*rules, f"iifname {wg} drop", "}"]
 
 
 def allowed_pairs(groups: Mapping[str, Iterable[str]]) -> list[tuple[str, str]]:

@@ -58,6 +58,10 @@ class HubNode:
         self.public_tcp_ports = public_tcp_ports
         self.spokes: dict[str, Node] = {}
         self.groups: dict[str, frozenset[str]] = {}
+        self.services: dict[str, tuple[int, int]] = {}
+        # None: the hub's own ports are open to the whole overlay (plain overlay use);
+        # a tuple: only these, plus each group's service range for its members.
+        self.overlay_tcp_ports: tuple[int, ...] | None = None
 
     @classmethod
     def start(
@@ -69,7 +73,10 @@ class HubNode:
         listen_port: int,
         placement: NodePlacement,
         public_tcp_ports: tuple[int, ...] = (),
+        overlay_tcp_ports: tuple[int, ...] | None = None,
     ) -> HubNode:
+        """`public_tcp_ports` are open on the underlay; `overlay_tcp_ports`, when given,
+        are the only hub ports open to every spoke (see `set_groups` for the rest)."""
         prefix = overlay_cidr.split("/")[1]
         config = InterfaceConfig(
             private_key=keypair.private,
@@ -80,6 +87,7 @@ class HubNode:
             TunnelSpec(placement.iface, config, placement.state_dir, netns=placement.netns)
         )
         hub = cls(node, overlay_cidr, tunnel, placement, public_tcp_ports)
+        hub.overlay_tcp_ports = overlay_tcp_ports
         try:
             if hub.fenced:
                 netns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], netns=placement.netns)
@@ -107,9 +115,16 @@ class HubNode:
         self.remove_spoke(old_public_key)
         self.add_spoke(spoke)
 
-    def set_groups(self, groups: Mapping[str, frozenset[str]]) -> None:
-        """Replace the forwarding groups (group -> overlay addresses) atomically."""
+    def set_groups(
+        self,
+        groups: Mapping[str, frozenset[str]],
+        services: Mapping[str, tuple[int, int]] | None = None,
+    ) -> None:
+        """Replace the forwarding groups (group -> overlay addresses), and the port range
+        on the hub each group alone may reach, atomically."""
         self.groups = {name: frozenset(members) for name, members in groups.items()}
+        if services is not None:
+            self.services = dict(services)
         if self.fenced:
             self._apply_fence()
 
@@ -126,7 +141,9 @@ class HubNode:
                 self.tunnel.spec.config.listen_port or 0,
                 self.public_tcp_ports,
             ),
-            fencing.HubFence(self.placement.iface, self.groups),
+            fencing.HubFence(
+                self.placement.iface, self.groups, self.services, self.overlay_tcp_ports
+            ),
             namespace=self.placement.netns,
         )
 

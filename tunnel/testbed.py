@@ -68,6 +68,8 @@ class Testbed:
     processes: list[subprocess.Popen] = field(default_factory=list)
     ifaces: list[str] = field(default_factory=list)
     nat_public_ip: str | None = None
+    host_ip: str | None = None
+    detached: bool = False
     _destroyed: bool = False
 
     # -- creation -------------------------------------------------------------------------
@@ -80,8 +82,13 @@ class Testbed:
         nat_hosts: Sequence[str] = (),
         seller_lan: bool = False,
         run_id: str | None = None,
+        attach_host: bool = False,
     ) -> Testbed:
-        """Build the testbed; on any failure, everything made so far is removed."""
+        """Build the testbed; on any failure, everything made so far is removed.
+
+        `attach_host` plugs this machine's own namespace into the underlay (as a buyer's
+        laptop on the internet would be), so the CLI here reaches public ports there.
+        """
         if not netns.is_root():
             raise PermissionError("the testbed needs root (network namespaces)")
         names = [*hosts, *nat_hosts]
@@ -91,6 +98,8 @@ class Testbed:
         bed._register_cleanup()
         try:
             bed._build(hosts, nat_hosts, seller_lan or bool(nat_hosts))
+            if attach_host:
+                bed._attach_host()
         except BaseException:
             bed.destroy()
             raise
@@ -124,6 +133,25 @@ class Testbed:
             self._wire(ns, router, "brlan", f"l{index}", f"{ip}/24")
             netns.run(["ip", "route", "add", "default", "via", f"{lan}.1"], netns=ns)
             self.hosts[name] = Host(name, ns, ip, behind_nat=name != "lan")
+
+    def _attach_host(self) -> None:
+        name = f"cs{self.run_id}h"
+        switch = f"{PREFIX}{self.run_id}-ul"
+        netns.run(
+            ["ip", "link", "add", name, "type", "veth", "peer", "name", "phost", "netns", switch]
+        )
+        netns.run(["ip", "link", "set", "phost", "master", "br0", "up"], netns=switch)
+        self.host_ip = f"{UNDERLAY_BASE}.{_subnet_index(self.run_id)}.250"
+        netns.run(["ip", "addr", "add", f"{self.host_ip}/24", "dev", name])
+        netns.run(["ip", "link", "set", name, "up"])
+
+    def detach(self) -> None:
+        """Keep the testbed after this process exits (`computeswarm up --local`); it is
+        removed by `down --local` or `testbed clean --all`."""
+        self.detached = True
+        with contextlib.suppress(ValueError):
+            atexit.unregister(self.destroy)
+        self._save()
 
     def _namespace(self, name: str) -> str:
         ns = f"{PREFIX}{self.run_id}-{name}"
@@ -206,13 +234,14 @@ class Testbed:
             "namespaces": self.namespaces,
             "ifaces": self.ifaces,
             "pids": [[p.pid, _start_time(p.pid)] for p in self.processes],
+            "detached": self.detached,
         }
         tmp = REGISTRY_DIR / f"{self.run_id}.json.tmp"
         tmp.write_text(json.dumps(record))
         tmp.replace(REGISTRY_DIR / f"{self.run_id}.json")
 
 
-def clean(*, include_live: bool = False) -> list[str]:
+def clean(*, include_live: bool = False, run_id: str | None = None) -> list[str]:
     """Remove what crashed runs left: their processes, namespaces, sockets, records.
 
     A run whose owner process is alive is left alone unless `include_live`. Namespaces
@@ -226,8 +255,11 @@ def clean(*, include_live: bool = False) -> list[str]:
         except (OSError, ValueError):
             path.unlink(missing_ok=True)
             continue
+        if run_id is not None and record["run_id"] != run_id:
+            claimed.update(record["namespaces"])
+            continue
         owner_alive = _start_time(record["owner_pid"]) == record.get("owner_start")
-        if owner_alive and not include_live:
+        if (owner_alive or record.get("detached")) and not include_live:
             claimed.update(record["namespaces"])
             continue
         for pid, start in record.get("pids", []):
@@ -235,7 +267,7 @@ def clean(*, include_live: bool = False) -> list[str]:
                 _stop(pid)
         _remove_run(record["run_id"], record["namespaces"], record.get("ifaces", []))
         removed.append(record["run_id"])
-    for ns in netns.list_all():
+    for ns in netns.list_all() if run_id is None else []:
         if _looks_like_ours(ns) and ns not in claimed:
             _remove_namespaces([ns])
             run = ns[len(PREFIX) :].split("-")[0]

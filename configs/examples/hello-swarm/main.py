@@ -8,8 +8,12 @@ import ray
 
 ray.init()
 NODES = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
-sellers = sorted(a for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")
-                 for a in [n["NodeManagerAddress"]])
+sellers = sorted(
+    a
+    for n in ray.nodes()
+    if n["Alive"] and n["Resources"].get("GPU")
+    for a in [n["NodeManagerAddress"]]
+)
 
 
 def here() -> str:

@@ -1,0 +1,287 @@
+"""`computeswarm up --local`: a whole swarm on this machine, and `down --local` to remove it.
+
+With root and wireguard-go it is real: testbed hosts (network namespaces) for the head and
+each seller, joined by WireGuard with the one join command, sellers' workloads fenced in
+their namespaces, and this machine plugged into the underlay like a buyer's laptop. Without
+them it falls back to loopback addresses (the `none` backend) and says so. The sellers'
+GPUs are simulated (declared), the work they do is real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from computeswarm.cluster.client import CoordinatorClient
+from computeswarm.cluster.errors import ConfigError
+from computeswarm.cluster.ray_nodes import session_pids, stop_session
+from computeswarm.profile import profile_path, save_profile
+
+CS = [sys.executable, "-m", "computeswarm.cli"]
+PORT = 8443
+LOCAL_ENV = {  # quick failure detection for a demo on one machine
+    "COMPUTESWARM_HEAD__HEARTBEAT__INTERVAL_S": "1",
+    "COMPUTESWARM_HEAD__HEARTBEAT__TIMEOUT_S": "4",
+}
+
+
+@dataclass
+class LocalSwarm:
+    mode: str  # "wireguard" or "loopback"
+    state_dir: str
+    coordinator: str
+    admin_key: str = ""
+    buyer_key: str = ""
+    run_id: str | None = None
+    sessions: list[int] = field(default_factory=list)  # loopback mode: our processes
+    sellers: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def record_path() -> Path:
+        return profile_path().parent / "local-swarm.json"
+
+    def save(self) -> None:
+        self.record_path().write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls) -> LocalSwarm | None:
+        path = cls.record_path()
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+
+def up(sellers: int, gpus: str, price: str, deposit: str, say=print) -> LocalSwarm:
+    """Start a coordinator and `sellers` simulated sellers; return how to reach them."""
+    if LocalSwarm.load() is not None:
+        raise ConfigError("a local swarm is already up: `computeswarm down --local` first")
+    from computeswarm.tunnel.backends import BACKENDS
+
+    state = Path(os.environ.get("COMPUTESWARM_LOCAL_DIR", "/tmp/computeswarm-local"))
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    capability = BACKENDS["userspace"]().check()
+    names = [f"s{i + 1}" for i in range(sellers)]
+    if capability.ok:
+        swarm = _up_wireguard(state, names, gpus, price, say)
+    else:
+        say(
+            f"no real tunnel here ({capability.reason}): falling back to loopback addresses "
+            "(the `none` backend); no encryption, no fencing"
+        )
+        swarm = _up_loopback(state, names, gpus, price)
+    swarm.save()
+    try:
+        _wait_ready(swarm, names, say)
+        admin = CoordinatorClient(swarm.coordinator, swarm.admin_key)
+        buyer = admin.create_account("buyer", "buyer")
+        admin.deposit(buyer["account_id"], deposit)
+        swarm.buyer_key = buyer["api_key"]
+        swarm.save()
+        save_profile(
+            {
+                "coordinator": swarm.coordinator,
+                "buyer_key": swarm.buyer_key,
+                "admin_key": swarm.admin_key,
+            }
+        )
+    except BaseException:
+        down(say=lambda *_: None)
+        raise
+    return swarm
+
+
+def down(say=print) -> bool:
+    swarm = LocalSwarm.load()
+    if swarm is None:
+        say("no local swarm is up")
+        return False
+    if swarm.mode == "wireguard" and swarm.run_id:
+        from computeswarm.tunnel.testbed import clean
+
+        clean(include_live=True, run_id=swarm.run_id)
+    else:
+        for session in swarm.sessions:  # SIGTERM first: agents and head stop their Ray nodes
+            for pid in session_pids(session):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(session_pids(s) for s in swarm.sessions):
+            time.sleep(0.2)
+        for session in swarm.sessions:
+            stop_session(session, grace_s=2)
+    LocalSwarm.record_path().unlink(missing_ok=True)
+    profile_path().unlink(missing_ok=True)
+    say(f"local swarm removed ({swarm.mode})")
+    return True
+
+
+def _up_wireguard(state: Path, names: list[str], gpus: str, price: str, say) -> LocalSwarm:
+    from computeswarm.tunnel.testbed import Testbed
+
+    bed = Testbed.create(["hub", *names], attach_host=True)
+    bed.detach()
+    hub = bed.host("hub")
+    url = f"http://{hub.ip}:{PORT}"
+    swarm = LocalSwarm("wireguard", str(state), url, run_id=bed.run_id, sellers=names)
+    say(
+        f"testbed {bed.run_id}: head at {hub.ip}, sellers "
+        + ", ".join(f"{n} {bed.host(n).ip}" for n in names)
+        + " (real WireGuard)"
+    )
+    env = {
+        **LOCAL_ENV,
+        "COMPUTESWARM_HEAD__OVERLAY__INTERFACE": bed.iface_name("hub"),
+        "COMPUTESWARM_HEAD__PUBLIC_HOST": hub.ip,
+    }
+    _spawn(
+        bed.host("hub").netns,
+        [*CS, "head", "up", "--state-dir", str(state / "head"), "--port", str(PORT)],
+        state / "head.log",
+        env,
+    )
+    swarm.admin_key = _admin_key(state)
+    for name in names:
+        invite = CoordinatorClient(url, swarm.admin_key).create_invite(note=name)["invite"]
+        work = bed.workload_namespace(name)
+        _spawn(
+            bed.host(name).netns,
+            [
+                *CS,
+                "seller",
+                "join",
+                "--coordinator",
+                url,
+                "--invite",
+                invite,
+                "--state-dir",
+                str(state / name),
+                "--name",
+                name,
+                "--simulate-gpus",
+                gpus,
+                "--price",
+                price,
+                "--interface",
+                bed.iface_name(name),
+                "--workload-netns",
+                work,
+            ],
+            state / f"{name}.log",
+            {},
+        )
+    return swarm
+
+
+def _up_loopback(state: Path, names: list[str], gpus: str, price: str) -> LocalSwarm:
+    url = f"http://127.0.0.1:{PORT}"
+    swarm = LocalSwarm("loopback", str(state), url, sellers=names)
+    head = _spawn(
+        None,
+        [
+            *CS,
+            "head",
+            "up",
+            "--state-dir",
+            str(state / "head"),
+            "--port",
+            str(PORT),
+            "--host",
+            "0.0.0.0",
+            "--backend",
+            "none",
+        ],
+        state / "head.log",
+        {**LOCAL_ENV, "COMPUTESWARM_HEAD__OVERLAY__INTERFACE": "cslocal"},
+    )
+    swarm.sessions.append(head.pid)
+    swarm.admin_key = _admin_key(state)
+    for name in names:
+        invite = CoordinatorClient(url, swarm.admin_key).create_invite(note=name)["invite"]
+        seller = _spawn(
+            None,
+            [
+                *CS,
+                "seller",
+                "join",
+                "--coordinator",
+                url,
+                "--invite",
+                invite,
+                "--state-dir",
+                str(state / name),
+                "--name",
+                name,
+                "--simulate-gpus",
+                gpus,
+                "--price",
+                price,
+                "--backend",
+                "none",
+            ],
+            state / f"{name}.log",
+            {},
+        )
+        swarm.sessions.append(seller.pid)
+    return swarm
+
+
+def _spawn(netns: str | None, argv: list[str], log: Path, env: dict) -> subprocess.Popen:
+    from computeswarm.tunnel.netns import ns_argv
+
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            ns_argv(argv, netns),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **env},
+        )
+
+
+def _admin_key(state: Path, timeout: float = 60.0) -> str:
+    path = state / "head" / "admin.key"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        time.sleep(0.2)
+    raise ConfigError(f"the coordinator did not start; see {state / 'head.log'}")
+
+
+def _wait_ready(swarm: LocalSwarm, names: list[str], say, timeout: float = 120.0) -> None:
+    admin = CoordinatorClient(swarm.coordinator, swarm.admin_key)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            online = [s for s in admin.sellers() if s["state"] == "online" and s["offer"]]
+        except Exception:
+            online = []
+        if len(online) >= len(names):
+            say(
+                f"{len(online)} sellers online: "
+                + ", ".join(
+                    f"{s['name']} {s['address']} ({len(s['gpus'])}x {s['gpus'][0]['model']}, "
+                    f"{s['offer']['price_per_gpu_hour']}/GPU-h)"
+                    for s in online
+                )
+            )
+            return
+        time.sleep(0.5)
+    raise ConfigError(
+        f"sellers did not come online in {timeout:.0f} s; see the logs in {swarm.state_dir}"
+    )
+
+
+def readiness_probe(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
