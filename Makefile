@@ -25,6 +25,7 @@ format: setup
 bench: setup
 	$(VENV)/python -m computeswarm.tests.bench.overlay_throughput
 	$(VENV)/python -m computeswarm.tests.bench.heartbeats
+	$(VENV)/python -m computeswarm.tests.bench.market
 
 clean:
 	$(VENV)/computeswarm testbed clean

@@ -50,6 +50,7 @@ class LocalSwarm:
         return profile_path().parent / "local-swarm.json"
 
     def save(self) -> None:
+        self.record_path().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.record_path().write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod

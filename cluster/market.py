@@ -134,6 +134,8 @@ class OrderBook:
     """
 
     def __init__(self, asks: Sequence[Ask], now: float, fee_bps: int = DEFAULT_FEE_BPS):
+        if len({a.seller_id for a in asks}) != len(asks):
+            raise ValueError("one ask per seller: an OrderBook keys capacity by seller id")
         self.now = now
         self.fee_bps = fee_bps
         self.free = {a.seller_id: a.free_gpus for a in asks}
@@ -152,8 +154,12 @@ class OrderBook:
             if buyer_price(ask.ask_micros, self.fee_bps) > bid.max_price_micros:
                 break  # sorted by price: nothing further is cheap enough
             free = self.free[seller_id]
-            if free < bid.gpus_per_node:
-                continue
+            if (
+                free < bid.gpus_per_node
+                or ask.vram_gb < bid.min_vram_gb
+                or ask.reliability < bid.min_reliability
+            ):
+                continue  # cheap checks first: most asks fail here without a copy
             current = Ask(**{**ask.__dict__, "free_gpus": free})
             if explain(bid, current, self.now, self.fee_bps) is None:
                 chosen.append(current)

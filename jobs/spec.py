@@ -16,6 +16,7 @@ reuse `Resources`, `Pricing` and `RuntimeEnv`.
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -156,7 +157,7 @@ class _JobBase(StrictModel):
     def escrow_micros(self) -> int:
         """What is held up front: the budget, or the most the job could cost."""
         ceiling = (
-            self.pricing.max_price_micros * self.resources.gpus.count * int(self.max_duration)
+            self.pricing.max_price_micros * self.resources.gpus.count * math.ceil(self.max_duration)
             + 3599
         ) // 3600
         budget = self.pricing.budget_micros

@@ -1,6 +1,7 @@
 """Runs on a leased seller (the driver) and fans out one task per leased GPU."""
 
 import os
+import socket
 import time
 
 import numpy as np
@@ -21,7 +22,15 @@ def here() -> str:
     return NODES.get(ray.get_runtime_context().get_node_id(), "?")
 
 
-print(f"driver on {here()}; seller nodes: {sellers}", flush=True)
+def my_address() -> str:
+    """The address this process reaches the cluster from: its host's, not its Ray node's."""
+    head = os.environ["RAY_ADDRESS"].rsplit(":", 1)[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((head, 1))
+        return s.getsockname()[0]
+
+
+print(f"driver running at {my_address()}; seller nodes: {sellers}", flush=True)
 
 
 @ray.remote(num_gpus=1)
