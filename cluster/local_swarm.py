@@ -70,16 +70,19 @@ def up(sellers: int, gpus: str, price: str, deposit: str, say=print) -> LocalSwa
     state.mkdir(parents=True)
     capability = BACKENDS["userspace"]().check()
     names = [f"s{i + 1}" for i in range(sellers)]
-    if capability.ok:
-        swarm = _up_wireguard(state, names, gpus, price, say)
-    else:
+    if not capability.ok:
         say(
             f"no real tunnel here ({capability.reason}): falling back to loopback addresses "
             "(the `none` backend); no encryption, no fencing"
         )
-        swarm = _up_loopback(state, names, gpus, price)
-    swarm.save()
+    swarm = LocalSwarm("wireguard" if capability.ok else "loopback", str(state), "", sellers=names)
     try:
+        # Each step records what it started in the saved record, so `down` removes it
+        # whatever fails next.
+        if capability.ok:
+            _up_wireguard(swarm, state, names, gpus, price, say)
+        else:
+            _up_loopback(swarm, state, names, gpus, price)
         _wait_ready(swarm, names, say)
         admin = CoordinatorClient(swarm.coordinator, swarm.admin_key)
         buyer = admin.create_account("buyer", "buyer")
@@ -123,14 +126,16 @@ def down(say=print) -> bool:
     return True
 
 
-def _up_wireguard(state: Path, names: list[str], gpus: str, price: str, say) -> LocalSwarm:
+def _up_wireguard(
+    swarm: LocalSwarm, state: Path, names: list[str], gpus: str, price: str, say
+) -> None:
     from computeswarm.tunnel.testbed import Testbed
 
-    bed = Testbed.create(["hub", *names], attach_host=True)
+    bed = Testbed.create(["hub", *names], attach_host=True, seller_lan=True)
     bed.detach()
     hub = bed.host("hub")
-    url = f"http://{hub.ip}:{PORT}"
-    swarm = LocalSwarm("wireguard", str(state), url, run_id=bed.run_id, sellers=names)
+    swarm.coordinator, swarm.run_id = f"http://{hub.ip}:{PORT}", bed.run_id
+    swarm.save()
     say(
         f"testbed {bed.run_id}: head at {hub.ip}, sellers "
         + ", ".join(f"{n} {bed.host(n).ip}" for n in names)
@@ -142,47 +147,30 @@ def _up_wireguard(state: Path, names: list[str], gpus: str, price: str, say) -> 
         "COMPUTESWARM_HEAD__PUBLIC_HOST": hub.ip,
     }
     _spawn(
-        bed.host("hub").netns,
+        hub.netns,
         [*CS, "head", "up", "--state-dir", str(state / "head"), "--port", str(PORT)],
         state / "head.log",
         env,
     )
-    swarm.admin_key = _admin_key(state)
+    swarm.admin_key = _admin_key(state, swarm.coordinator)
     for name in names:
-        invite = CoordinatorClient(url, swarm.admin_key).create_invite(note=name)["invite"]
-        work = bed.workload_namespace(name)
+        invite = _invite(swarm, name)
         _spawn(
             bed.host(name).netns,
             [
-                *CS,
-                "seller",
-                "join",
-                "--coordinator",
-                url,
-                "--invite",
-                invite,
-                "--state-dir",
-                str(state / name),
-                "--name",
-                name,
-                "--simulate-gpus",
-                gpus,
-                "--price",
-                price,
+                *_join_argv(swarm, state, name, invite, gpus, price),
                 "--interface",
                 bed.iface_name(name),
                 "--workload-netns",
-                work,
+                bed.workload_namespace(name),
             ],
             state / f"{name}.log",
             {},
         )
-    return swarm
 
 
-def _up_loopback(state: Path, names: list[str], gpus: str, price: str) -> LocalSwarm:
-    url = f"http://127.0.0.1:{PORT}"
-    swarm = LocalSwarm("loopback", str(state), url, sellers=names)
+def _up_loopback(swarm: LocalSwarm, state: Path, names: list[str], gpus: str, price: str) -> None:
+    swarm.coordinator = f"http://127.0.0.1:{PORT}"
     head = _spawn(
         None,
         [
@@ -202,35 +190,42 @@ def _up_loopback(state: Path, names: list[str], gpus: str, price: str) -> LocalS
         {**LOCAL_ENV, "COMPUTESWARM_HEAD__OVERLAY__INTERFACE": "cslocal"},
     )
     swarm.sessions.append(head.pid)
-    swarm.admin_key = _admin_key(state)
+    swarm.save()
+    swarm.admin_key = _admin_key(state, swarm.coordinator)
     for name in names:
-        invite = CoordinatorClient(url, swarm.admin_key).create_invite(note=name)["invite"]
-        seller = _spawn(
-            None,
-            [
-                *CS,
-                "seller",
-                "join",
-                "--coordinator",
-                url,
-                "--invite",
-                invite,
-                "--state-dir",
-                str(state / name),
-                "--name",
-                name,
-                "--simulate-gpus",
-                gpus,
-                "--price",
-                price,
-                "--backend",
-                "none",
-            ],
-            state / f"{name}.log",
-            {},
-        )
-        swarm.sessions.append(seller.pid)
-    return swarm
+        argv = [
+            *_join_argv(swarm, state, name, _invite(swarm, name), gpus, price),
+            "--backend",
+            "none",
+        ]
+        swarm.sessions.append(_spawn(None, argv, state / f"{name}.log", {}).pid)
+        swarm.save()
+
+
+def _invite(swarm: LocalSwarm, name: str) -> str:
+    return CoordinatorClient(swarm.coordinator, swarm.admin_key).create_invite(note=name)["invite"]
+
+
+def _join_argv(
+    swarm: LocalSwarm, state: Path, name: str, invite: str, gpus: str, price: str
+) -> list[str]:
+    return [
+        *CS,
+        "seller",
+        "join",
+        "--coordinator",
+        swarm.coordinator,
+        "--invite",
+        invite,
+        "--state-dir",
+        str(state / name),
+        "--name",
+        name,
+        "--simulate-gpus",
+        gpus,
+        "--price",
+        price,
+    ]
 
 
 def _spawn(netns: str | None, argv: list[str], log: Path, env: dict) -> subprocess.Popen:
@@ -247,11 +242,12 @@ def _spawn(netns: str | None, argv: list[str], log: Path, env: dict) -> subproce
         )
 
 
-def _admin_key(state: Path, timeout: float = 60.0) -> str:
+def _admin_key(state: Path, url: str, timeout: float = 60.0) -> str:
+    """The admin key, once the coordinator answers /readyz."""
     path = state / "head" / "admin.key"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
+        if path.exists() and path.read_text().strip() and readiness_probe(url):
             return path.read_text().strip()
         time.sleep(0.2)
     raise ConfigError(f"the coordinator did not start; see {state / 'head.log'}")

@@ -1,0 +1,169 @@
+"""Leases for real: `computeswarm up --local` on testbed hosts with WireGuard, buyers' Ray
+jobs on fenced seller clusters, and the bill to the micro-unit."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from computeswarm.cluster import local_swarm
+from computeswarm.cluster.client import CoordinatorClient
+from computeswarm.tunnel import netns
+
+JOBS = Path(__file__).parent / "jobs"
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    os.environ["COMPUTESWARM_HOME"] = str(home)
+    os.environ["COMPUTESWARM_LOCAL_DIR"] = str(tmp_path_factory.mktemp("local"))
+    try:
+        up = local_swarm.up(
+            sellers=3, gpus="RTX4090:24GB:1", price="0.40", deposit="50", say=lambda *_: None
+        )
+        yield up
+    finally:
+        local_swarm.down(say=lambda *_: None)
+        os.environ.pop("COMPUTESWARM_HOME")
+        os.environ.pop("COMPUTESWARM_LOCAL_DIR")
+    assert not any(up.run_id in ns for ns in netns.list_all()), "down left namespaces"
+
+
+def spec(name: str, nodes: int, env: dict, budget: str = "1.00") -> dict:
+    return {
+        "kind": "script",
+        "name": name,
+        "entrypoint": "python probe.py",
+        "runtime_env": {"working_dir": ".", "env_vars": env},
+        "resources": {"gpus": f"RTX4090:24GB:{nodes}", "nodes": nodes, "memory_gb_per_node": 0.5},
+        "pricing": {"max_price_per_gpu_hour": "0.50", "budget": budget},
+        "max_duration": "10m",
+    }
+
+
+def submit(client: CoordinatorClient, body: dict) -> str:
+    from computeswarm.jobs.upload import pack_working_dir
+
+    return client.submit_job(body, pack_working_dir(JOBS, 2**20))["id"]
+
+
+def wait(client, job_id: str, states: tuple[str, ...], timeout: float = 150) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.job(job_id)
+        if job["state"] in states:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} not {states}: {client.job(job_id)}")
+
+
+def probe(client, job_id: str) -> dict:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in client.job_logs(job_id)["text"].splitlines():
+            if line.startswith("PROBE "):
+                return json.loads(line[6:])
+        time.sleep(0.5)
+    raise AssertionError(f"no probe output: {client.job_logs(job_id)}")
+
+
+def inode(ns: str) -> str:
+    return f"net:[{os.stat(f'/run/netns/{ns}').st_ino}]"
+
+
+def test_jobs_run_fenced_on_sellers_and_the_bill_balances(swarm):
+    from computeswarm.tunnel.testbed import PREFIX
+
+    buyer = CoordinatorClient(swarm.coordinator, swarm.buyer_key)
+    admin = CoordinatorClient(swarm.coordinator, swarm.admin_key)
+    run = swarm.run_id
+    lan_ip = f"198.19.{_subnet(run)}.200"
+    head_underlay = swarm.coordinator.split("//")[1].split(":")[0]
+    # Job A: two sellers, holds its lease while job B probes it.
+    job_a = submit(
+        buyer,
+        spec(
+            "a",
+            2,
+            {
+                "HOLD_S": "20",
+                "PROBE_TARGETS": json.dumps(
+                    [[lan_ip, 22], [head_underlay, 8443], ["10.90.0.1", 8443]]
+                ),
+            },
+        ),
+    )
+    a = wait(buyer, job_a, ("running",))
+    found_a = probe(buyer, job_a)
+    a_members = [m["seller_id"] for m in a["lease"]["members"]]
+    sellers = {s["id"]: s for s in admin.sellers()}
+    a_addresses = [sellers[m]["address"] for m in a_members]
+    driver = next(m for m in a["lease"]["members"] if m["driver"])
+    driver_name = sellers[driver["seller_id"]]["name"]
+
+    # Its driver runs inside the driver seller's workload namespace: not on the head host.
+    assert found_a["netns"] == inode(f"{PREFIX}{run}-{driver_name}-w")
+    assert found_a["netns"] != inode(f"{PREFIX}{run}-hub")
+    # Buyer code reaches the overlay (the coordinator API there) and nothing else.
+    reach = found_a["reach"]
+    assert reach["10.90.0.1:8443"] == "open"
+    assert reach[f"{lan_ip}:22"] != "open" and reach[f"{head_underlay}:8443"] != "open"
+
+    # Job B (another buyer) on the third seller cannot reach lease A's nodes or head.
+    other = admin.create_account("buyer-two", "buyer")
+    admin.deposit(other["account_id"], "5")
+    buyer_two = CoordinatorClient(swarm.coordinator, other["api_key"])
+    a_head_port = _lease_port(admin, a["lease"]["id"])
+    targets = [
+        [addr, 40000 + 100 * (int(addr.split(".")[-1]) % 340) + 2] for addr in a_addresses
+    ] + [["10.90.0.1", a_head_port], ["10.90.0.1", a_head_port + 1]]
+    job_b = submit(buyer_two, spec("b", 1, {"PROBE_TARGETS": json.dumps(targets)}))
+    found_b = probe(buyer_two, job_b)
+    assert all(state != "open" for state in found_b["reach"].values()), found_b
+    wait(buyer_two, job_b, ("succeeded",))
+    wait(buyer, job_a, ("succeeded",))
+
+    # The ledger: every transaction sums to zero; sellers got ask x GPUs x seconds.
+    view = admin.ledger()
+    txns: dict[str, int] = {}
+    for entry in view["entries"]:
+        txns[entry["txn"]] = txns.get(entry["txn"], 0) + entry["amount_micros"]
+    assert set(txns.values()) == {0}
+    job = buyer.job(job_a)
+    paid_to_sellers = 0
+    for member in job["lease"]["members"]:
+        seconds = int(member["detached_at"] - member["attached_at"])
+        assert seconds >= 15  # it held the lease ~20 s
+        paid_to_sellers += 400_000 * member["gpus"] * seconds // 3600
+    settle = [
+        e for e in view["entries"] if e["kind"] == "settle" and e["ref"] == job["lease"]["id"]
+    ]
+    seller_entries = sum(e["amount_micros"] for e in settle if e["account"].startswith("seller:"))
+    assert seller_entries == paid_to_sellers
+    fee = sum(e["amount_micros"] for e in settle if e["account"] == "platform")
+    assert int(job["cost"].replace(".", "")) == seller_entries + fee
+
+
+def _lease_port(admin: CoordinatorClient, lease_id: str) -> int:
+    from computeswarm.cluster.local_swarm import LocalSwarm
+    from computeswarm.cluster.store.db import Store
+    from computeswarm.cluster.store.models import Lease
+
+    record = LocalSwarm.load()
+    store = Store(f"sqlite:///{record.state_dir}/head/coordinator.db")
+    try:
+        with store.transaction() as db:
+            return db.get(Lease, lease_id).port_base
+    finally:
+        store.close()
+
+
+def _subnet(run_id: str) -> int:
+    from computeswarm.tunnel.testbed import _subnet_index
+
+    return _subnet_index(run_id)
