@@ -1,0 +1,264 @@
+"""The whole buyer path on one machine without root: a coordinator and three sellers on
+loopback addresses (the `none` backend), real Ray lease clusters, real jobs, the bill.
+
+The same path over real WireGuard, with fencing, is tests/e2e/test_leases.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+
+import httpx
+import pytest
+
+from computeswarm.cluster.client import CoordinatorClient
+from computeswarm.cluster.errors import ApiError
+from computeswarm.cluster.ray_nodes import session_pids, stop_session
+
+CS = [sys.executable, "-m", "computeswarm.cli"]
+SELLERS = {
+    "s1": ("RTX4090:24GB:1", "0.40"),
+    "s2": ("RTX4090:24GB:1", "0.45"),
+    "s3": ("RTX3090:24GB:1", "0.30"),
+}
+
+
+class Swarm:
+    def __init__(self, root, port: int):
+        self.root, self.port = root, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.sessions: dict[str, int] = {}
+
+    def spawn(self, name: str, argv: list[str], env: dict | None = None) -> None:
+        with open(self.root / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
+        self.sessions[name] = process.pid
+
+    def stop(self) -> None:
+        for pid in self.sessions.values():  # agents stop their Ray nodes, the head its heads
+            for member in session_pids(pid):
+                os.kill(member, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(session_pids(s) for s in self.sessions.values()):
+            time.sleep(0.2)
+        for pid in self.sessions.values():
+            stop_session(pid, grace_s=2)
+        for name in SELLERS:  # nodes of an agent killed by a test
+            path = self.root / name / "worker-sessions.json"
+            if path.exists():
+                for session in json.loads(path.read_text()).values():
+                    stop_session(session, grace_s=2)
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loopback-swarm")
+    swarm = Swarm(root, _free_port())
+    env = {
+        "COMPUTESWARM_HEAD__HEARTBEAT__INTERVAL_S": "0.5",
+        "COMPUTESWARM_HEAD__HEARTBEAT__TIMEOUT_S": "2",
+        "COMPUTESWARM_HEAD__OVERLAY__INTERFACE": f"csl{swarm.port}",
+    }
+    try:
+        swarm.spawn(
+            "head",
+            [
+                *CS,
+                "head",
+                "up",
+                "--state-dir",
+                str(root / "head"),
+                "--port",
+                str(swarm.port),
+                "--host",
+                "0.0.0.0",
+                "--backend",
+                "none",
+            ],
+            env,
+        )
+        swarm.admin = CoordinatorClient(swarm.url, _admin_key(root, swarm.url))
+        for name, (gpus, price) in SELLERS.items():
+            invite = swarm.admin.create_invite()["invite"]
+            swarm.spawn(
+                name,
+                [
+                    *CS,
+                    "seller",
+                    "join",
+                    "--coordinator",
+                    swarm.url,
+                    "--invite",
+                    invite,
+                    "--state-dir",
+                    str(root / name),
+                    "--name",
+                    name,
+                    "--simulate-gpus",
+                    gpus,
+                    "--price",
+                    price,
+                    "--backend",
+                    "none",
+                ],
+            )
+        account = swarm.admin.create_account("buyer", "buyer")
+        swarm.admin.deposit(account["account_id"], "10")
+        swarm.buyer = CoordinatorClient(swarm.url, account["api_key"], timeout=60)
+        _until(
+            lambda: (
+                sum(s["state"] == "online" and bool(s["offer"]) for s in swarm.admin.sellers()) == 3
+            ),
+            "sellers online",
+        )
+        swarm.ids = {s["name"]: s["id"] for s in swarm.admin.sellers()}
+        yield swarm
+    finally:
+        swarm.stop()
+
+
+def job(name: str, entrypoint: str, gpus: str, nodes: int, **extra) -> dict:
+    return {
+        "kind": "script",
+        "name": name,
+        "entrypoint": entrypoint,
+        "resources": {"gpus": gpus, "nodes": nodes, "memory_gb_per_node": 0.5},
+        "pricing": {"max_price_per_gpu_hour": "0.60"},
+        "max_duration": "10m",
+        **extra,
+    }
+
+
+def test_bad_specs_are_refused_before_anything_is_leased(swarm):
+    for bad, message in [
+        ({"kind": "train", "name": "x"}, "unknown kind"),
+        (
+            job("x", "python x.py", "any:1", 1) | {"pricing": {"max_price_per_gpu_hour": "-1"}},
+            "greater than 0",
+        ),
+        (job("x", "python x.py", "any:3", 2), "cannot be split evenly"),
+        (job("x", "python x.py", "any:1", 1) | {"entrypont": "x"}, "did you mean"),
+    ]:
+        with pytest.raises(ApiError, match=message):
+            swarm.buyer.submit_job(bad)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("../escape.py", "print('gotcha')")
+    with pytest.raises(ApiError, match="escapes the folder"):
+        swarm.buyer._call(
+            "POST",
+            "/v1/jobs",
+            json={
+                "spec": job("x", "python x.py", "any:1", 1) | {"runtime_env": {"working_dir": "."}},
+                "working_dir_zip": base64.b64encode(archive.getvalue()).decode(),
+            },
+        )
+    assert swarm.buyer.jobs() == [], "a refused spec left a job behind"
+
+    # Impossible constraints: fail fast when asked, else wait in the queue with the reason.
+    fast = swarm.buyer.submit_job(job("h100", "true", "H100:80GB:1", 1, queue=False))
+    failed = _until(lambda: _state(swarm, fast["id"], "failed"), "fail fast")
+    assert "no match" in failed["reason"] and failed["lease"] is None
+    queued = swarm.buyer.submit_job(job("h100q", "true", "H100:80GB:1", 1))
+    waiting = _until(lambda: _state(swarm, queued["id"], "pending", reason="waiting"), "queue")
+    assert "H100" in waiting["reason"]
+    assert swarm.buyer.cancel_job(queued["id"])["state"] == "cancelled"
+
+
+def test_a_job_runs_on_the_two_cheapest_matching_sellers_and_is_billed(swarm):
+    code = (
+        "import ray, os; ray.init(); "
+        "print('ON', sorted(n['NodeManagerAddress'] for n in ray.nodes() "
+        "if n['Alive'] and n['Resources'].get('GPU')), flush=True)"
+    )
+    submitted = swarm.buyer.submit_job(job("two", f'python -c "{code}"', "RTX4090:24GB:2", 2))
+    done = _until(
+        lambda: _state(swarm, submitted["id"], "succeeded", "failed"), "job end", timeout=150
+    )
+    assert done["state"] == "succeeded", done
+    members = done["lease"]["members"]
+    assert {m["seller_id"] for m in members} == {swarm.ids["s1"], swarm.ids["s2"]}
+    assert "ON ['127.90.0.2', '127.90.0.3']" in swarm.buyer.job_logs(submitted["id"])["text"]
+    # The bill: each seller its ask x seconds, the platform the fee, to the micro-unit.
+    expected = 0
+    for m in members:
+        seconds = int(m["detached_at"] - m["attached_at"])
+        ask = 400_000 if m["seller_id"] == swarm.ids["s1"] else 450_000
+        price = ask + ask // 10
+        expected += ask * seconds // 3600 + (price - ask) * seconds // 3600
+    assert round(float(done["cost"]) * 1_000_000) == expected
+    view = swarm.admin.ledger()
+    totals: dict[str, int] = {}
+    for entry in view["entries"]:
+        totals[entry["txn"]] = totals.get(entry["txn"], 0) + entry["amount_micros"]
+    assert set(totals.values()) == {0}
+
+
+def test_a_vanished_seller_fails_the_job_with_a_reason_and_stops_its_billing(swarm):
+    sleeper = job("sleeper", 'python -c "import time; time.sleep(120)"', "RTX4090:24GB:2", 2)
+    submitted = swarm.buyer.submit_job(sleeper)
+    running = _until(lambda: _state(swarm, submitted["id"], "running"), "running", timeout=150)
+    victim = next(m for m in running["lease"]["members"] if not m["driver"])
+    name = next(n for n, i in swarm.ids.items() if i == victim["seller_id"])
+    # The seller vanishes: its agent and its Ray node die at once.
+    agent_pid = int((swarm.root / name / "agent.pid").read_text())
+    os.kill(agent_pid, signal.SIGKILL)
+    for session in json.loads((swarm.root / name / "worker-sessions.json").read_text()).values():
+        stop_session(session, grace_s=0)
+    killed = time.time()
+    ended = _until(lambda: _state(swarm, submitted["id"], "failed"), "job failed", timeout=30)
+    assert time.time() - killed < 15, "loss not noticed in seconds"
+    assert ("lost" in ended["reason"] and name in ended["reason"]) or victim["seller_id"] in ended[
+        "reason"
+    ], ended["reason"]
+    lost = next(m for m in ended["lease"]["members"] if m["seller_id"] == victim["seller_id"])
+    assert lost["state"] in ("lost", "dropped")
+    assert lost["detached_at"] <= killed + 1.0, "billing ran past the loss"
+
+
+def _state(swarm, job_id: str, *states: str, reason: str = "") -> dict | None:
+    current = swarm.buyer.job(job_id)
+    return current if current["state"] in states and reason in current["reason"] else None
+
+
+def _until(predicate, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _admin_key(root, url: str) -> str:
+    def ready() -> str | None:
+        path = root / "head" / "admin.key"
+        try:
+            ok = httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            ok = False
+        return path.read_text().strip() if ok and path.exists() else None
+
+    return _until(ready, "the coordinator")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
