@@ -223,9 +223,7 @@ def test_a_vanished_seller_fails_the_job_with_a_reason_and_stops_its_billing(swa
     killed = time.time()
     ended = _until(lambda: _state(swarm, submitted["id"], "failed"), "job failed", timeout=30)
     assert time.time() - killed < 15, "loss not noticed in seconds"
-    assert ("lost" in ended["reason"] and name in ended["reason"]) or victim["seller_id"] in ended[
-        "reason"
-    ], ended["reason"]
+    assert "lost" in ended["reason"] and victim["seller_id"] in ended["reason"], ended
     lost = next(m for m in ended["lease"]["members"] if m["seller_id"] == victim["seller_id"])
     assert lost["state"] in ("lost", "dropped")
     assert lost["detached_at"] <= killed + 1.0, "billing ran past the loss"
