@@ -7,7 +7,7 @@ setup:
 	bash setup.sh
 
 demo: setup
-	$(VENV)/computeswarm tunnel demo
+	$(VENV)/computeswarm demo
 
 test: setup
 	$(VENV)/ruff check .
@@ -26,6 +26,7 @@ bench: setup
 	$(VENV)/python -m computeswarm.tests.bench.overlay_throughput
 	$(VENV)/python -m computeswarm.tests.bench.heartbeats
 	$(VENV)/python -m computeswarm.tests.bench.market
+	$(VENV)/python -m computeswarm.tests.bench.lease_latency
 
 clean:
 	$(VENV)/computeswarm testbed clean

@@ -71,6 +71,14 @@ def down(local: bool = typer.Option(..., "--local", help="The local swarm.")) ->
     swarm_down(say=lambda m: typer.echo(m, err=True))
 
 
+@app.command("demo")
+def demo(sellers: int = typer.Option(2, min=1, max=4, help="Simulated sellers.")) -> None:
+    """The main job: a local swarm runs an example job on its sellers, bills it, goes away."""
+    from computeswarm.cluster.demo import run_demo
+
+    raise typer.Exit(run_demo(sellers, say=typer.echo))
+
+
 app.command("submit")(submit)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(market_app, name="market")
