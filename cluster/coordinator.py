@@ -93,6 +93,8 @@ class Coordinator:
         self.hub_keys = KeyStore(self.config.state_dir / "hub").load_or_create()
         self._start_hub()
         self.sync_hub()
+        for lease_id in self.scheduler.stop_orphaned_heads():
+            log.warning("stopped the head of lease %s, left by a previous run", lease_id)
         for target, name in ((self._health_loop, "health"), (self._scheduler_loop, "scheduler")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()

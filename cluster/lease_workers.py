@@ -35,6 +35,7 @@ class LeaseWorkers:
         self.state_dir = state_dir
         self.gpus = gpus
         self.nodes: dict[str, tuple[subprocess.Popen, Path]] = {}
+        self._stoppers: list[tuple[int, threading.Thread]] = []
 
     def stop_leftovers(self) -> None:
         """Stop worker nodes a previous agent left running (it was killed)."""
@@ -71,8 +72,14 @@ class LeaseWorkers:
         return "starting" in self.statuses().values()
 
     def stop_all(self) -> None:
+        """Stop every node, including those still being stopped: none outlives the agent."""
         for lease_id in list(self.nodes):
             self._stop(lease_id, wait=True)
+        for session, stopper in self._stoppers:
+            stopper.join(10)
+            if session_pids(session):
+                stop_session(session, grace_s=1)
+        self._stoppers.clear()
 
     def _start(self, a: dict) -> None:
         lease_dir = self.state_dir / "leases" / a["lease_id"]
@@ -113,7 +120,9 @@ class LeaseWorkers:
         if wait:
             stop_session(process.pid, grace_s=5)
         else:
-            threading.Thread(target=stop_session, args=(process.pid, 5.0), daemon=True).start()
+            stopper = threading.Thread(target=stop_session, args=(process.pid, 5.0), daemon=True)
+            stopper.start()
+            self._stoppers.append((process.pid, stopper))
 
     def _save(self) -> None:
         sessions = {lease: process.pid for lease, (process, _) in self.nodes.items()}

@@ -8,7 +8,7 @@ at most one lease at a time, so its workload namespace holds one lease's code on
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from computeswarm.cluster.market import Ask, Bid
 from computeswarm.jobs.spec import ScriptJob
@@ -100,12 +100,19 @@ def reliability(completed: int, lost: int) -> float:
     return (completed + 9) / (completed + lost + 10)
 
 
-def free_port_base(used: Iterable[int], start: int, block: int, count: int) -> int:
-    """The first port block from `start` that no active lease uses."""
+def free_port_base(
+    used: Iterable[int],
+    start: int,
+    block: int,
+    count: int,
+    is_free: Callable[[int], bool] = lambda base: True,
+) -> int:
+    """The first port block from `start` that no active lease uses (and that `is_free`
+    confirms: another program on the host may hold it)."""
     taken = set(used)
     for slot in range(count):
         base = start + slot * block
-        if base not in taken:
+        if base not in taken and is_free(base):
             return base
     raise RuntimeError(f"all {count} lease port blocks from {start} are in use")
 

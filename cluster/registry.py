@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from computeswarm.cluster.accounts import Caller, Role, create_account, issue_key, revoke_keys
 from computeswarm.cluster.credentials import INVITE_KIND, new_token, parse_token, secret_matches
-from computeswarm.cluster.errors import Conflict, InvalidInvite, NotFound
+from computeswarm.cluster.errors import Busy, Conflict, InvalidInvite, NotFound
 from computeswarm.cluster.leases import LeaseState, MemberState
 from computeswarm.cluster.states import SellerEvent, SellerState, transition
 from computeswarm.cluster.store.models import Invite, Job, Lease, LeaseMember, Offer, Seller
@@ -131,30 +131,35 @@ def heartbeat(
     """Record a heartbeat; returns the seller's state after it.
 
     The hottest path of the coordinator (every seller, every few seconds): one narrow read
-    and one UPDATE statement, no ORM object loading.
+    and one UPDATE statement, no ORM object loading. The UPDATE applies only if the state is
+    still the one read, so a heartbeat never undoes what the scheduler decided meanwhile
+    (say, leasing this seller); if it changed, the heartbeat re-reads and tries again.
     """
-    row = db.execute(
-        select(Seller.state, Seller.account_id, Seller.left_at).where(Seller.id == seller_id)
-    ).one_or_none()
-    if row is None or (caller.role is not Role.ADMIN and row.account_id != caller.account_id):
-        raise NotFound(f"no seller {seller_id}")
-    if row.left_at is not None or row.state == SellerState.DISABLED.value:
-        raise NotFound(f"seller {seller_id} has left or was disabled")
-    state = transition(SellerState(row.state), SellerEvent.HEARTBEAT)
-    db.execute(
-        update(Seller)
-        .where(Seller.id == seller_id)
-        .values(
-            state=state.value,
-            gpus=gpus,
-            gpus_simulated=simulated,
-            rtt_ms=rtt_ms,
-            bandwidth_mbps=bandwidth_mbps,
-            last_heartbeat=now,
-            updated_at=now,
+    for _ in range(5):
+        row = db.execute(
+            select(Seller.state, Seller.account_id, Seller.left_at).where(Seller.id == seller_id)
+        ).one_or_none()
+        if row is None or (caller.role is not Role.ADMIN and row.account_id != caller.account_id):
+            raise NotFound(f"no seller {seller_id}")
+        if row.left_at is not None or row.state == SellerState.DISABLED.value:
+            raise NotFound(f"seller {seller_id} has left or was disabled")
+        state = transition(SellerState(row.state), SellerEvent.HEARTBEAT)
+        done = db.execute(
+            update(Seller)
+            .where(Seller.id == seller_id, Seller.state == row.state)
+            .values(
+                state=state.value,
+                gpus=gpus,
+                gpus_simulated=simulated,
+                rtt_ms=rtt_ms,
+                bandwidth_mbps=bandwidth_mbps,
+                last_heartbeat=now,
+                updated_at=now,
+            )
         )
-    )
-    return state
+        if done.rowcount == 1:
+            return state
+    raise Busy(f"seller {seller_id} is changing state; heartbeat again")
 
 
 def set_offer(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import subprocess
 import threading
 import time
@@ -36,7 +37,14 @@ from computeswarm.cluster.leases import (
     reliability,
 )
 from computeswarm.cluster.market import Match, OrderBook
-from computeswarm.cluster.ray_nodes import PortBlock, head_argv, node_env, start_node, stop_session
+from computeswarm.cluster.ray_nodes import (
+    PortBlock,
+    head_argv,
+    node_env,
+    session_pids,
+    start_node,
+    stop_session,
+)
 from computeswarm.cluster.states import SellerEvent, SellerState, transition
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Offer, Seller
 from computeswarm.jobs.spec import ScriptJob
@@ -49,6 +57,8 @@ log = logging.getLogger("computeswarm.scheduler")
 HEAD_PORT_START = 20000
 HEAD_SLOTS = 50
 PROVISION_TIMEOUT_S = 180.0
+# A released head's job is over: no reason to let Ray drain for its default 30 s.
+HEAD_STOP_GRACE_S = 3.0
 HEAD_OBJECT_STORE_BYTES = 80 * 1024 * 1024
 ACTIVE_LEASE_STATES = (
     LeaseState.MATCHED,
@@ -64,6 +74,7 @@ class LeaseScheduler:
         self.heads: dict[str, subprocess.Popen] = {}
         self._jobs_clients: dict[str, object] = {}
         self._dashboards: dict[str, tuple[str, dict]] = {}
+        self._stoppers: list[tuple[int, threading.Thread]] = []
         self._lock = threading.Lock()  # one tick at a time
 
     @property
@@ -120,7 +131,13 @@ class LeaseScheduler:
                             job, JobState.FAILED, now, f"no match (queue: false): {decision.reason}"
                         )
                     continue
-                port = free_port_base(used_ports, HEAD_PORT_START, PortBlock.SIZE, HEAD_SLOTS)
+                port = free_port_base(
+                    used_ports,
+                    HEAD_PORT_START,
+                    PortBlock.SIZE,
+                    HEAD_SLOTS,
+                    is_free=self._block_free,
+                )
                 used_ports = [*used_ports, port]
                 self._open_lease(db, job, spec, decision, port, escrow, now)
 
@@ -167,6 +184,17 @@ class LeaseScheduler:
             [a.seller_id for a in match.allocations],
             match.price_per_hour_micros,
         )
+
+    def _block_free(self, base: int) -> bool:
+        """Can a head bind its GCS and dashboard ports here? (Another coordinator, or any
+        program, may hold them on this host.)"""
+        for port in (base, base + 1):
+            with socket.socket() as probe:
+                try:
+                    probe.bind((self.head_ip, port))
+                except OSError:
+                    return False
+        return True
 
     def _asks(self, db, now: float) -> list:
         rows = db.execute(
@@ -418,7 +446,13 @@ class LeaseScheduler:
             with self.c.store.transaction() as db:
                 self._settle(db, db.get(Lease, lease_id), self.c.clock())
             if session:
-                threading.Thread(target=stop_session, args=(session,), daemon=True).start()
+                # Stopping a head takes seconds (Ray ignores SIGTERM a while): not in the
+                # tick. `stop_all` waits for these, so a coordinator stop never orphans one.
+                stopper = threading.Thread(
+                    target=stop_session, args=(session, HEAD_STOP_GRACE_S), daemon=True
+                )
+                stopper.start()
+                self._stoppers.append((session, stopper))
             self.heads.pop(lease_id, None)
             self._jobs_clients.pop(lease_id, None)
             self._dashboards.pop(lease_id, None)
@@ -519,23 +553,34 @@ class LeaseScheduler:
         try:
             # The driver runs on a seller, and its log lives there: fetch that node's file
             # through the head (the Jobs API's own log call only sees the head's part).
-            node = client.get_job_info(submission).driver_node_id
-            if not node:
-                return ""
+            # The driver's node is tried first, then every node: on one machine (loopback)
+            # Ray may record the driver against the head's node.
             url, headers = self._dashboards[lease_id]
-            response = httpx.get(
-                f"{url}/api/v0/logs/file",
-                headers=headers,
-                timeout=10,
-                params={
-                    "node_id": node,
-                    "lines": 100_000,
-                    "filename": f"job-driver-{submission}.log",
-                },
-            )
-            return response.text if response.status_code == 200 else ""
+            first = client.get_job_info(submission).driver_node_id
+            for node in [first, *self._node_ids(url, headers)]:
+                if not node:
+                    continue
+                response = httpx.get(
+                    f"{url}/api/v0/logs/file",
+                    headers=headers,
+                    timeout=10,
+                    params={
+                        "node_id": node,
+                        "lines": 100_000,
+                        "filename": f"job-driver-{submission}.log",
+                    },
+                )
+                if response.status_code == 200:
+                    return response.text
+            return ""
         except Exception:
             return ""
+
+    def _node_ids(self, url: str, headers: dict) -> list[str]:
+        response = httpx.get(
+            f"{url}/api/v0/nodes", headers=headers, timeout=10, params={"limit": 1000}
+        )
+        return [n["node_id"] for n in response.json()["data"]["result"]["result"]]
 
     def _stop_job(self, lease_id: str, job_id: str) -> None:
         client = self._jobs_clients.get(lease_id)
@@ -563,6 +608,26 @@ class LeaseScheduler:
         path.write_text(logs)
 
     def stop_all(self) -> None:
+        """Stop every lease head this coordinator runs (on shutdown): none is left behind."""
         for process in list(self.heads.values()):
-            stop_session(process.pid, grace_s=5)
+            stop_session(process.pid, grace_s=HEAD_STOP_GRACE_S)
         self.heads.clear()
+        for session, stopper in self._stoppers:
+            stopper.join(15)
+            if session_pids(session):
+                stop_session(session, grace_s=1)
+        self._stoppers.clear()
+
+    def stop_orphaned_heads(self) -> list[str]:
+        """After a crash, heads of leases from before are still running: stop them, and
+        end those leases (their jobs fail with the reason; escrow is settled)."""
+        stopped = []
+        with self.c.store.transaction() as db:
+            leases = db.scalars(select(Lease).where(Lease.head_session.is_not(None))).all()
+            for lease in leases:
+                if lease.head_session and session_pids(lease.head_session):
+                    stop_session(lease.head_session, grace_s=5)
+                    stopped.append(lease.id)
+                if lease.state in (LeaseState.PROVISIONING.value, LeaseState.RUNNING.value):
+                    self._start_release(db, lease, "the coordinator restarted", JobState.FAILED)
+        return stopped
