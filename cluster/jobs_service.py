@@ -71,7 +71,7 @@ class JobsService:
         spec = parse_job_spec(spec_data, source="job spec")
         now = self.c.clock()
         with self.c.store.transaction() as db:
-            asks = self.c.scheduler._asks(db, now)
+            asks = self.c.scheduler.asks_now(db, now)
         decision = match(
             bid_for("quote", spec), asks, now, self.c.config.market.fee_bps, explain_all=True
         )
@@ -120,7 +120,7 @@ class JobsService:
                 job.reason, job.ended_at = "cancelled by the buyer", self.c.clock()
             else:
                 lease = db.get(Lease, job.lease_id)
-                self.c.scheduler._start_release(
+                self.c.scheduler.start_release(
                     db, lease, "cancelled by the buyer", JobState.CANCELLED
                 )
         self.c.wake_scheduler()

@@ -13,6 +13,7 @@ lease's Jobs API) happen between them, never inside one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import socket
@@ -59,6 +60,7 @@ HEAD_SLOTS = 50
 PROVISION_TIMEOUT_S = 180.0
 # A released head's job is over: no reason to let Ray drain for its default 30 s.
 HEAD_STOP_GRACE_S = 3.0
+LOG_ATTEMPTS = 8
 HEAD_OBJECT_STORE_BYTES = 80 * 1024 * 1024
 ACTIVE_LEASE_STATES = (
     LeaseState.MATCHED,
@@ -101,7 +103,7 @@ class LeaseScheduler:
             ).all()
             if not jobs:
                 return
-            book = OrderBook(self._asks(db, now), now, self.c.config.market.fee_bps)
+            book = OrderBook(self.asks_now(db, now), now, self.c.config.market.fee_bps)
             used_ports = db.scalars(
                 select(Lease.port_base).where(
                     Lease.state.in_([s.value for s in ACTIVE_LEASE_STATES])
@@ -196,7 +198,7 @@ class LeaseScheduler:
                     return False
         return True
 
-    def _asks(self, db, now: float) -> list:
+    def asks_now(self, db, now: float) -> list:
         rows = db.execute(
             select(Seller, Offer)
             .join(Offer, Offer.seller_id == Seller.id)
@@ -245,7 +247,7 @@ class LeaseScheduler:
                 if members and all(m.state == MemberState.ATTACHED.value for m in members):
                     ready.append(lease.id)
                 elif now - lease.created_at > PROVISION_TIMEOUT_S:
-                    self._start_release(
+                    self.start_release(
                         db,
                         lease,
                         f"lease formation timed out ({PROVISION_TIMEOUT_S:.0f} s)",
@@ -301,7 +303,7 @@ class LeaseScheduler:
             )
         except Exception as e:  # the head refused: end the lease with the reason
             with self.c.store.transaction() as db:
-                self._start_release(
+                self.start_release(
                     db,
                     db.get(Lease, lease_id),
                     f"the lease's Ray cluster refused the job: {e}",
@@ -340,13 +342,13 @@ class LeaseScheduler:
                     reason = job.reason or (
                         "" if final is JobState.SUCCEEDED else f"the job ended {status.lower()}"
                     )
-                    self._start_release(db, lease, reason, final)
+                    self.start_release(db, lease, reason, final)
                 elif now >= lease.deadline:
-                    self._start_release(db, lease, "max_duration reached", JobState.FAILED)
+                    self.start_release(db, lease, "max_duration reached", JobState.FAILED)
                 elif now >= budget_end(
                     lease.started_at or now, lease.escrow_micros, lease.price_per_hour_micros
                 ):
-                    self._start_release(db, lease, "budget spent", JobState.FAILED)
+                    self.start_release(db, lease, "budget spent", JobState.FAILED)
                 elif lost := self._lost_member(db, lease.id):
                     self._repair_or_fail(db, lease, lost, now)
 
@@ -381,7 +383,7 @@ class LeaseScheduler:
         job = db.get(Job, lease.job_id)
         lost.state = MemberState.DROPPED.value  # handled once: replaced, or the lease ends
         if lost.driver:
-            self._start_release(
+            self.start_release(
                 db,
                 lease,
                 f"seller {lost.seller_id} (running the job's driver) was lost",
@@ -393,12 +395,12 @@ class LeaseScheduler:
             m.seller_id
             for m in db.scalars(select(LeaseMember).where(LeaseMember.lease_id == lease.id))
         }
-        asks = [a for a in self._asks(db, now) if a.seller_id not in members]
+        asks = [a for a in self.asks_now(db, now) if a.seller_id not in members]
         bid = bid_for(job.id, spec)
-        single = type(bid)(**{**bid.__dict__, "nodes": 1})
+        single = dataclasses.replace(bid, nodes=1)
         decision = OrderBook(asks, now, self.c.config.market.fee_bps).place(single)
         if not isinstance(decision, Match):
-            self._start_release(
+            self.start_release(
                 db,
                 lease,
                 f"seller {lost.seller_id} was lost and no "
@@ -425,7 +427,7 @@ class LeaseScheduler:
 
     # -- releasing -> closed --------------------------------------------------------------
 
-    def _start_release(self, db, lease: Lease, reason: str, job_state: JobState) -> None:
+    def start_release(self, db, lease: Lease, reason: str, job_state: JobState) -> None:
         lease.state = lease_transition(LeaseState(lease.state), LeaseState.RELEASING).value
         lease.reason = reason
         job = db.get(Job, lease.job_id)
@@ -600,10 +602,17 @@ class LeaseScheduler:
             log.warning("lease %s: could not stop the job cleanly: %s", lease_id, e)
 
     def _save_logs(self, lease_id: str, job_id: str) -> None:
+        """Keep the driver's output before the lease's nodes go away. The driver's node can
+        answer a moment late (its log agent is busy as the job ends): retry briefly."""
         path = self.job_log_path(job_id)
         if path.exists():
             return
-        logs = self.job_logs(job_id)
+        logs = ""
+        for _ in range(LOG_ATTEMPTS):
+            logs = self.job_logs(job_id)
+            if "Running entrypoint" in logs or not self._jobs_clients.get(lease_id):
+                break
+            time.sleep(1.0)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(logs)
 
@@ -629,5 +638,5 @@ class LeaseScheduler:
                     stop_session(lease.head_session, grace_s=5)
                     stopped.append(lease.id)
                 if lease.state in (LeaseState.PROVISIONING.value, LeaseState.RUNNING.value):
-                    self._start_release(db, lease, "the coordinator restarted", JobState.FAILED)
+                    self.start_release(db, lease, "the coordinator restarted", JobState.FAILED)
         return stopped

@@ -67,7 +67,7 @@ class Swarm:
                 for (session,) in db.execute("SELECT head_session FROM leases"):
                     if session and session_pids(session):
                         stop_session(session, grace_s=2)
-        for name in SELLERS:  # nodes of an agent killed by a test
+        for name in [*SELLERS, "s4"]:  # nodes of an agent killed by a test
             path = self.root / name / "worker-sessions.json"
             if path.exists():
                 for session in json.loads(path.read_text()).values():
@@ -184,7 +184,9 @@ def test_bad_specs_are_refused_before_anything_is_leased(swarm):
     failed = _until(lambda: _state(swarm, fast["id"], "failed"), "fail fast")
     assert "no match" in failed["reason"] and failed["lease"] is None
     queued = swarm.buyer.submit_job(job("h100q", "true", "H100:80GB:1", 1))
-    waiting = _until(lambda: _state(swarm, queued["id"], "pending", reason="waiting"), "queue")
+    waiting = _until(
+        lambda: _state(swarm, queued["id"], "pending", reason="waiting for supply"), "queue"
+    )
     assert "H100" in waiting["reason"]
     assert swarm.buyer.cancel_job(queued["id"])["state"] == "cancelled"
 
@@ -347,3 +349,42 @@ def test_a_lost_seller_is_replaced_when_the_market_has_another(swarm):
         "lease released",
         timeout=60,
     )
+
+
+def test_supply_that_appears_later_is_matched_in_queue_order(swarm):
+    first = swarm.buyer.submit_job(job("first", "python -c \"print('one')\"", "H100:80GB:1", 1))
+    second = swarm.buyer.submit_job(job("second", "python -c \"print('two')\"", "H100:80GB:1", 1))
+    for queued in (first, second):
+        _until(
+            lambda q=queued: _state(swarm, q["id"], "pending", reason="waiting for supply"),
+            "queued",
+        )
+    # An H100 seller joins: the first job gets it, the second waits its turn, then runs.
+    invite = swarm.admin.create_invite()["invite"]
+    swarm.spawn(
+        "s4",
+        [
+            *CS,
+            "seller",
+            "join",
+            "--coordinator",
+            swarm.url,
+            "--invite",
+            invite,
+            "--state-dir",
+            str(swarm.root / "s4"),
+            "--name",
+            "s4",
+            "--simulate-gpus",
+            "H100:80GB:1",
+            "--price",
+            "0.50",
+            "--backend",
+            "none",
+        ],
+    )
+    done_first = _settled(swarm, first["id"])
+    done_second = _settled(swarm, second["id"])
+    assert done_first["state"] == done_second["state"] == "succeeded"
+    assert done_first["started_at"] < done_second["started_at"]
+    assert done_second["started_at"] >= done_first["ended_at"]
