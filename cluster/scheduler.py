@@ -162,20 +162,7 @@ class LeaseScheduler:
         db.add(lease)
         db.flush()
         for index, allocation in enumerate(match.allocations):
-            db.add(
-                LeaseMember(
-                    lease_id=lease.id,
-                    seller_id=allocation.seller_id,
-                    gpus=allocation.gpus,
-                    ask_micros=allocation.ask_micros,
-                    price_micros=allocation.price_micros,
-                    driver=index == 0,
-                    state=MemberState.ASSIGNED.value,
-                    assigned_at=now,
-                )
-            )
-            seller = db.get(Seller, allocation.seller_id)
-            seller.state = transition(SellerState(seller.state), SellerEvent.LEASE).value
+            _assign(db, lease.id, allocation, driver=index == 0, now=now)
         ledger.post(db, ledger.hold(job.account_id, lease.id, escrow), now)
         job.state = job_transition(JobState(job.state), JobState.SCHEDULED).value
         job.lease_id, job.reason = lease.id, ""
@@ -408,21 +395,7 @@ class LeaseScheduler:
                 JobState.FAILED,
             )
             return
-        allocation = decision.allocations[0]
-        db.add(
-            LeaseMember(
-                lease_id=lease.id,
-                seller_id=allocation.seller_id,
-                gpus=allocation.gpus,
-                ask_micros=allocation.ask_micros,
-                price_micros=allocation.price_micros,
-                driver=False,
-                state=MemberState.ASSIGNED.value,
-                assigned_at=now,
-            )
-        )
-        seller = db.get(Seller, allocation.seller_id)
-        seller.state = transition(SellerState(seller.state), SellerEvent.LEASE).value
+        seller = _assign(db, lease.id, decision.allocations[0], driver=False, now=now)
         log.info("lease %s repaired: %s replaces %s", lease.id, seller.id, lost.seller_id)
 
     # -- releasing -> closed --------------------------------------------------------------
@@ -640,3 +613,22 @@ class LeaseScheduler:
                 if lease.state in (LeaseState.PROVISIONING.value, LeaseState.RUNNING.value):
                     self.start_release(db, lease, "the coordinator restarted", JobState.FAILED)
         return stopped
+
+
+def _assign(db, lease_id: str, allocation, *, driver: bool, now: float) -> Seller:
+    """Add a seller to a lease at its allocated price; the seller becomes leased."""
+    db.add(
+        LeaseMember(
+            lease_id=lease_id,
+            seller_id=allocation.seller_id,
+            gpus=allocation.gpus,
+            ask_micros=allocation.ask_micros,
+            price_micros=allocation.price_micros,
+            driver=driver,
+            state=MemberState.ASSIGNED.value,
+            assigned_at=now,
+        )
+    )
+    seller = db.get(Seller, allocation.seller_id)
+    seller.state = transition(SellerState(seller.state), SellerEvent.LEASE).value
+    return seller
