@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -36,6 +37,7 @@ class LeaseWorkers:
         self.gpus = gpus
         self.nodes: dict[str, tuple[subprocess.Popen, Path]] = {}
         self._stoppers: list[tuple[int, threading.Thread]] = []
+        self._temp_dirs: dict[str, Path] = {}
 
     def stop_leftovers(self) -> None:
         """Stop worker nodes a previous agent left running (it was killed)."""
@@ -92,7 +94,7 @@ class LeaseWorkers:
             head=a["head"],
             ip=self.ip,
             ports=PortBlock(a["port_base"]),
-            temp_dir=Path(f"/tmp/cs-ray/{a['lease_id']}-{a['port_base']}"),
+            temp_dir=_temp_dir(a["lease_id"], a["port_base"]),
             cpus=a["cpus"],
             gpus=a["gpus"],
             memory_bytes=a["memory_bytes"],
@@ -104,6 +106,7 @@ class LeaseWorkers:
         log_path.unlink(missing_ok=True)
         process = start_node(argv, node_env(token), log_path)
         self.nodes[a["lease_id"]] = (process, log_path)
+        self._temp_dirs[a["lease_id"]] = _temp_dir(a["lease_id"], a["port_base"])
         self._save()
         log.info(
             "lease %s: worker node starting (%d GPU%s, head %s)",
@@ -115,15 +118,27 @@ class LeaseWorkers:
 
     def _stop(self, lease_id: str, wait: bool = False) -> None:
         process, _ = self.nodes.pop(lease_id)
+        temp_dir = self._temp_dirs.pop(lease_id, None)
         self._save()
         log.info("lease %s: stopping the worker node", lease_id)
         if wait:
-            stop_session(process.pid, grace_s=5)
+            _stop_node(process.pid, temp_dir)
         else:
-            stopper = threading.Thread(target=stop_session, args=(process.pid, 5.0), daemon=True)
+            stopper = threading.Thread(target=_stop_node, args=(process.pid, temp_dir), daemon=True)
             stopper.start()
             self._stoppers.append((process.pid, stopper))
 
     def _save(self) -> None:
         sessions = {lease: process.pid for lease, (process, _) in self.nodes.items()}
         (self.state_dir / SESSIONS_FILE).write_text(json.dumps(sessions))
+
+
+def _temp_dir(lease_id: str, port_base: int) -> Path:
+    return Path(f"/tmp/cs-ray/{lease_id}-{port_base}")
+
+
+def _stop_node(session: int, temp_dir: Path | None) -> None:
+    """Stop a lease node's whole session, then remove its Ray temp dir."""
+    stop_session(session, grace_s=5)
+    if temp_dir is not None:
+        shutil.rmtree(temp_dir, ignore_errors=True)

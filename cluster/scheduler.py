@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+import shutil
 import socket
 import subprocess
 import threading
@@ -60,7 +61,7 @@ HEAD_SLOTS = 50
 PROVISION_TIMEOUT_S = 180.0
 # A released head's job is over: no reason to let Ray drain for its default 30 s.
 HEAD_STOP_GRACE_S = 3.0
-LOG_ATTEMPTS = 8
+LOG_ATTEMPTS = 20  # the driver node's log agent can take a while on a busy host
 HEAD_OBJECT_STORE_BYTES = 80 * 1024 * 1024
 ACTIVE_LEASE_STATES = (
     LeaseState.MATCHED,
@@ -252,7 +253,7 @@ class LeaseScheduler:
         argv = head_argv(
             ip=self.head_ip,
             ports=PortBlock(port),
-            temp_dir=Path(f"/tmp/cs-ray/{lease_id}"),
+            temp_dir=ray_temp_dir(lease_id),
             object_store_bytes=HEAD_OBJECT_STORE_BYTES,
             system_config=self.c.config.market.ray_system_config,
         )
@@ -403,6 +404,9 @@ class LeaseScheduler:
     def start_release(self, db, lease: Lease, reason: str, job_state: JobState) -> None:
         lease.state = lease_transition(LeaseState(lease.state), LeaseState.RELEASING).value
         lease.reason = reason
+        # Metering stops now: stopping the job, saving its logs and tearing the cluster
+        # down afterwards are not the buyer's time.
+        lease.ended_at = self.c.clock()
         job = db.get(Job, lease.job_id)
         if job and not JobState(job.state).is_terminal:
             self._end_job(job, job_state, self.c.clock(), reason)
@@ -437,7 +441,7 @@ class LeaseScheduler:
         usages = []
         for member in self._members(db, lease.id, everyone=True):
             if member.state in (MemberState.ASSIGNED.value, MemberState.ATTACHED.value):
-                member.detached_at = now if member.attached_at else None
+                member.detached_at = (lease.ended_at or now) if member.attached_at else None
                 member.state = MemberState.DETACHED.value
                 seller = db.get(Seller, member.seller_id)
                 if seller.state == SellerState.LEASED.value:
@@ -460,9 +464,10 @@ class LeaseScheduler:
         txn = ledger.settle(lease.account_id, lease.id, lease.escrow_micros, usages)
         ledger.post(db, txn, now)
         self.c.record_sale(usages)
-        failed = lease.reason and db.get(Job, lease.job_id).state != JobState.SUCCEEDED.value
+        # A lease fails with its job; one ended by success or by the buyer's cancel closes.
+        failed = db.get(Job, lease.job_id).state == JobState.FAILED.value
         lease.state = (LeaseState.FAILED if failed else LeaseState.CLOSED).value
-        lease.ended_at = now
+        lease.ended_at = lease.ended_at or now
         log.info("lease %s %s: %s", lease.id, lease.state, lease.reason or "job done")
 
     # -- helpers --------------------------------------------------------------------------
@@ -632,3 +637,13 @@ def _assign(db, lease_id: str, allocation, *, driver: bool, now: float) -> Selle
     seller = db.get(Seller, allocation.seller_id)
     seller.state = transition(SellerState(seller.state), SellerEvent.LEASE).value
     return seller
+
+
+def ray_temp_dir(lease_id: str) -> Path:
+    return Path(f"/tmp/cs-ray/{lease_id}")
+
+
+def _stop_head(session: int, lease_id: str) -> None:
+    """Stop a released lease's head, then remove its Ray temp dir (sessions, logs)."""
+    stop_session(session, HEAD_STOP_GRACE_S)
+    shutil.rmtree(ray_temp_dir(lease_id), ignore_errors=True)
