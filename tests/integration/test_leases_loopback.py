@@ -50,6 +50,39 @@ class Swarm:
             )
         self.sessions[name] = process.pid
 
+    def join(self, name: str, gpus: str, price: str) -> None:
+        """A seller box joins with the one command (loopback: the `none` backend)."""
+        invite = self.admin.create_invite()["invite"]
+        self.spawn(
+            name,
+            [
+                *CS,
+                "seller",
+                "join",
+                "--coordinator",
+                self.url,
+                "--invite",
+                invite,
+                "--state-dir",
+                str(self.root / name),
+                "--name",
+                name,
+                "--simulate-gpus",
+                gpus,
+                "--price",
+                price,
+                "--backend",
+                "none",
+            ],
+        )
+
+    def vanish(self, name: str) -> None:
+        """The seller disappears at once: its agent and its Ray node are killed."""
+        os.kill(int((self.root / name / "agent.pid").read_text()), signal.SIGKILL)
+        sessions = json.loads((self.root / name / "worker-sessions.json").read_text())
+        for session in sessions.values():
+            stop_session(session, grace_s=0)
+
     def stop(self) -> None:
         for pid in self.sessions.values():  # agents stop their Ray nodes, the head its heads
             for member in session_pids(pid):
@@ -103,29 +136,7 @@ def swarm(tmp_path_factory):
         )
         swarm.admin = CoordinatorClient(swarm.url, _admin_key(root, swarm.url))
         for name, (gpus, price) in SELLERS.items():
-            invite = swarm.admin.create_invite()["invite"]
-            swarm.spawn(
-                name,
-                [
-                    *CS,
-                    "seller",
-                    "join",
-                    "--coordinator",
-                    swarm.url,
-                    "--invite",
-                    invite,
-                    "--state-dir",
-                    str(root / name),
-                    "--name",
-                    name,
-                    "--simulate-gpus",
-                    gpus,
-                    "--price",
-                    price,
-                    "--backend",
-                    "none",
-                ],
-            )
+            swarm.join(name, gpus, price)
         account = swarm.admin.create_account("buyer", "buyer")
         swarm.admin.deposit(account["account_id"], "10")
         swarm.buyer = CoordinatorClient(swarm.url, account["api_key"], timeout=60)
@@ -231,10 +242,7 @@ def test_a_vanished_seller_fails_the_job_with_a_reason_and_stops_its_billing(swa
     victim = next(m for m in running["lease"]["members"] if not m["driver"])
     name = next(n for n, i in swarm.ids.items() if i == victim["seller_id"])
     # The seller vanishes: its agent and its Ray node die at once.
-    agent_pid = int((swarm.root / name / "agent.pid").read_text())
-    os.kill(agent_pid, signal.SIGKILL)
-    for session in json.loads((swarm.root / name / "worker-sessions.json").read_text()).values():
-        stop_session(session, grace_s=0)
+    swarm.vanish(name)
     killed = time.time()
     ended = _until(lambda: _state(swarm, submitted["id"], "failed"), "job failed", timeout=30)
     assert time.time() - killed < 15, "loss not noticed in seconds"
@@ -331,9 +339,7 @@ def test_a_lost_seller_is_replaced_when_the_market_has_another(swarm):
     running = _until(lambda: _state(swarm, submitted["id"], "running"), "running", timeout=150)
     victim = next(m for m in running["lease"]["members"] if not m["driver"])
     name = next(n for n, i in swarm.ids.items() if i == victim["seller_id"])
-    os.kill(int((swarm.root / name / "agent.pid").read_text()), signal.SIGKILL)
-    for session in json.loads((swarm.root / name / "worker-sessions.json").read_text()).values():
-        stop_session(session, grace_s=0)
+    swarm.vanish(name)
 
     def replaced():
         current = swarm.buyer.job(submitted["id"])
@@ -360,29 +366,7 @@ def test_supply_that_appears_later_is_matched_in_queue_order(swarm):
             "queued",
         )
     # An H100 seller joins: the first job gets it, the second waits its turn, then runs.
-    invite = swarm.admin.create_invite()["invite"]
-    swarm.spawn(
-        "s4",
-        [
-            *CS,
-            "seller",
-            "join",
-            "--coordinator",
-            swarm.url,
-            "--invite",
-            invite,
-            "--state-dir",
-            str(swarm.root / "s4"),
-            "--name",
-            "s4",
-            "--simulate-gpus",
-            "H100:80GB:1",
-            "--price",
-            "0.50",
-            "--backend",
-            "none",
-        ],
-    )
+    swarm.join("s4", "H100:80GB:1", "0.50")
     done_first = _settled(swarm, first["id"])
     done_second = _settled(swarm, second["id"])
     assert done_first["state"] == done_second["state"] == "succeeded"
