@@ -332,7 +332,15 @@ def assignments(db: Session | Connection, seller_id: str, head_ip: str) -> list[
         .where(
             LeaseMember.seller_id == seller_id,
             LeaseMember.state.in_([MemberState.ASSIGNED.value, MemberState.ATTACHED.value]),
-            Lease.state.in_([LeaseState.PROVISIONING.value, LeaseState.RUNNING.value]),
+            # A releasing lease keeps its nodes until it is settled: the driver's log is
+            # read from the seller's node during the release.
+            Lease.state.in_(
+                [
+                    LeaseState.PROVISIONING.value,
+                    LeaseState.RUNNING.value,
+                    LeaseState.RELEASING.value,
+                ]
+            ),
         )
     ).all()
     out = []

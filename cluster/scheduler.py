@@ -62,6 +62,7 @@ PROVISION_TIMEOUT_S = 180.0
 # A released head's job is over: no reason to let Ray drain for its default 30 s.
 HEAD_STOP_GRACE_S = 3.0
 LOG_ATTEMPTS = 20  # the driver node's log agent can take a while on a busy host
+DRIVER_STARTED = "Running entrypoint"  # written by Ray on the driver node, not the head's stub
 HEAD_OBJECT_STORE_BYTES = 80 * 1024 * 1024
 ACTIVE_LEASE_STATES = (
     LeaseState.MATCHED,
@@ -535,9 +536,12 @@ class LeaseScheduler:
             # through the head (the Jobs API's own log call only sees the head's part).
             # The driver's node is tried first, then every node: on one machine (loopback)
             # Ray may record the driver against the head's node.
+            # The head keeps a stub file of the same name ("Runtime env is setting up"),
+            # so the first answer is not enough: the driver's own file says it ran.
             url, headers = self._dashboards[lease_id]
             first = client.get_job_info(submission).driver_node_id
-            for node in [first, *self._node_ids(url, headers)]:
+            found = ""
+            for node in dict.fromkeys([first, *self._node_ids(url, headers)]):
                 if not node:
                     continue
                 response = httpx.get(
@@ -551,8 +555,10 @@ class LeaseScheduler:
                     },
                 )
                 if response.status_code == 200:
-                    return response.text
-            return ""
+                    if DRIVER_STARTED in response.text:
+                        return response.text
+                    found = found or response.text
+            return found
         except Exception:
             return ""
 
@@ -588,7 +594,7 @@ class LeaseScheduler:
         logs = ""
         for _ in range(LOG_ATTEMPTS):
             logs = self.job_logs(job_id)
-            if "Running entrypoint" in logs or not self._jobs_clients.get(lease_id):
+            if DRIVER_STARTED in logs or not self._jobs_clients.get(lease_id):
                 break
             time.sleep(1.0)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,9 @@
     max_duration: 30m
 
 `parse_job_spec` turns pydantic's errors into one `SpecError` that names each problem and,
-for unknown keys, the nearest valid key. Later kinds (`lora`, `pipeline`, `sweep`, `serve`)
-reuse `Resources`, `Pricing` and `RuntimeEnv`.
+for unknown keys, the nearest valid key. Training kinds (`lora`, `pipeline`) add a model,
+a dataset and training settings; the swarm renders them into a Ray job that runs the
+workloads in `jobs/train/`. Later kinds (`sweep`, `serve`) reuse the same parts.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from computeswarm.jobs.errors import SpecError
 from computeswarm.strict import StrictModel, explain
 
 MICROS = 1_000_000
-FUTURE_KINDS = ("lora", "pipeline", "sweep", "serve")
+FUTURE_KINDS = ("sweep", "serve")
+KINDS = ("script", "lora", "pipeline")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _GPUS = re.compile(
@@ -172,11 +174,175 @@ class ScriptJob(_JobBase):
     runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
 
 
-JobSpec = Annotated[ScriptJob, Field(discriminator="kind")]
+class LoraSettings(StrictModel):
+    rank: int = Field(8, ge=1, le=1024, description="LoRA rank r (> 0).")
+    alpha: float = Field(16.0, gt=0, le=4096, description="LoRA scaling alpha.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] | None = Field(
+        None, min_length=1, description="Modules to adapt; default: the architecture's attention."
+    )
+
+
+class DeepSpeedSettings(StrictModel):
+    zero_stage: Literal[2, 3] = Field(2, description="ZeRO stage: 2 (gradients) or 3 (params).")
+    micro_batch: int = Field(4, ge=1, le=4096, description="Samples per worker per micro-step.")
+    gradient_accumulation: int = Field(
+        1, ge=1, le=1024, description="Micro-steps per optimizer step (and per gradient sync)."
+    )
+
+
+class LowBandwidth(StrictModel):
+    """Local SGD (DiLoCo-style): each seller trains alone, adapters are averaged every H steps."""
+
+    sync_every: int = Field(8, ge=2, le=10_000, description="Optimizer steps between averages.")
+
+
+class Training(StrictModel):
+    steps: int = Field(100, ge=1, le=1_000_000, description="Optimizer steps in all.")
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    max_seq_len: int = Field(64, ge=4, le=32768, description="Tokens per sample (padded/cut).")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of the data held out.")
+    eval_every: int = Field(25, ge=1, le=1_000_000, description="Steps between evaluations.")
+    checkpoint_every: int = Field(25, ge=1, le=1_000_000, description="Steps between checkpoints.")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+_MODEL_REF = r"^[A-Za-z0-9_./~-][A-Za-z0-9_./~:-]{0,511}$"
+_VERSION_REF = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@\d{1,9})?$"
+
+
+class _TrainingJob(_JobBase):
+    model: str = Field(
+        pattern=_MODEL_REF,
+        description="A model folder (relative to the working_dir, or absolute) loaded with "
+        "from_pretrained, or a hub id already in the sellers' cache.",
+    )
+    dataset: str = Field(
+        pattern=_MODEL_REF,
+        description="JSONL file in the working_dir: {text} or {prompt, completion} per line.",
+    )
+    training: Training = Field(default_factory=Training)
+    runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
+
+    @field_validator("dataset")
+    @classmethod
+    def _relative_dataset(cls, value: str) -> str:
+        if value.startswith("/") or ".." in Path(value).parts:
+            raise ValueError(f"{value!r}: the dataset is a file inside the job's working_dir")
+        return value
+
+    @model_validator(mode="after")
+    def _needs_working_dir(self) -> _TrainingJob:
+        if self.runtime_env.working_dir is None:
+            raise ValueError("training jobs need runtime_env.working_dir (it holds the dataset)")
+        return self
+
+
+class LoraJob(_TrainingJob):
+    """LoRA fine-tuning on Ray Train + DeepSpeed + PEFT, one worker per leased GPU."""
+
+    kind: Literal["lora"]
+    workers: int | None = Field(None, ge=1, le=256, description="Default: one per leased GPU.")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)
+    low_bandwidth: LowBandwidth | None = Field(
+        None, description="Average adapters every H steps instead of syncing every step."
+    )
+    init_adapter: str | None = Field(
+        None, pattern=_VERSION_REF, description="Start from a registered version: NAME[@N]."
+    )
+    register_as: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Default: the job name."
+    )
+
+    @model_validator(mode="after")
+    def _workers_fit(self) -> LoraJob:
+        if self.workers is not None and self.workers > self.resources.gpus.count:
+            raise ValueError(
+                f"workers ({self.workers}) > leased GPUs ({self.resources.gpus.count}): "
+                "each worker needs its own GPU"
+            )
+        return self
+
+    @property
+    def num_workers(self) -> int:
+        return self.workers or self.resources.gpus.count
+
+    @property
+    def model_name(self) -> str:
+        return self.register_as or self.name
+
+
+class PipelineSettings(StrictModel):
+    stages: int | None = Field(None, ge=2, le=64, description="Default: one per node.")
+    micro_batches: int = Field(4, ge=1, le=1024, description="Micro-batches per step.")
+    batch_size: int = Field(8, ge=1, le=65536, description="Samples per optimizer step.")
+    schedule: Literal["gpipe", "1f1b"] = "gpipe"
+
+    @model_validator(mode="after")
+    def _divides(self) -> PipelineSettings:
+        if self.batch_size % self.micro_batches:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of micro_batches "
+                f"{self.micro_batches}"
+            )
+        return self
+
+
+class PipelineJob(_TrainingJob):
+    """Pipeline-parallel training: the model's layers split into stages, one per seller,
+    sized by each seller's GPU memory."""
+
+    kind: Literal["pipeline"]
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_zero(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "deepspeed" in data:
+            stage = (
+                (data["deepspeed"] or {}).get("zero_stage")
+                if isinstance(data["deepspeed"], dict)
+                else None
+            )
+            raise ValueError(
+                f"deepspeed (ZeRO-{stage}) does not combine with pipeline stages: ZeRO-2/3 "
+                "shard gradients and parameters across data-parallel copies, and a pipeline "
+                "job has one copy split by layers; remove `deepspeed`"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _stages_fit(self) -> PipelineJob:
+        nodes = self.resources.nodes
+        if self.pipeline.stages is not None and self.pipeline.stages > nodes:
+            raise ValueError(
+                f"pipeline.stages ({self.pipeline.stages}) > resources.nodes ({nodes}): "
+                "each stage runs on its own seller"
+            )
+        if self.pipeline.stages is not None and self.pipeline.stages < nodes:
+            raise ValueError(
+                f"pipeline.stages ({self.pipeline.stages}) < resources.nodes ({nodes}) "
+                "would leave sellers idle; lease as many nodes as stages"
+            )
+        if nodes < 2:
+            raise ValueError("a pipeline needs resources.nodes >= 2 (one stage per seller)")
+        if self.resources.gpus_per_node != 1:
+            raise ValueError("a pipeline stage uses one GPU: set gpus count = nodes")
+        return self
+
+    @property
+    def num_stages(self) -> int:
+        return self.pipeline.stages or self.resources.nodes
+
+
+AnyJob = ScriptJob | LoraJob | PipelineJob
+JobSpec = Annotated[AnyJob, Field(discriminator="kind")]
 _ADAPTER = TypeAdapter(JobSpec)
+_MODELS = {"script": ScriptJob, "lora": LoraJob, "pipeline": PipelineJob}
 
 
-def parse_job_spec(data: str | dict, *, source: str = "job spec") -> ScriptJob:
+def parse_job_spec(data: str | dict, *, source: str = "job spec") -> AnyJob:
     """A validated spec from YAML text or a dict; SpecError lists every problem."""
     if isinstance(data, str):
         try:
@@ -186,32 +352,68 @@ def parse_job_spec(data: str | dict, *, source: str = "job spec") -> ScriptJob:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping with a `kind` key")
     kind = data.get("kind")
+    supported = ", ".join(KINDS)
     if kind in FUTURE_KINDS:
         raise SpecError(
-            f"{source}: kind {kind!r} is not available yet on this swarm; supported: script"
+            f"{source}: kind {kind!r} is not available yet on this swarm; supported: {supported}"
         )
     if kind is None:
-        raise SpecError(f"{source}: missing `kind` (supported: script)")
-    if kind != "script":
-        raise SpecError(f"{source}: unknown kind {kind!r} (supported: script)")
+        raise SpecError(f"{source}: missing `kind` (supported: {supported})")
+    if kind not in _MODELS:
+        raise SpecError(f"{source}: unknown kind {kind!r} (supported: {supported})")
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as e:
-        problems = "; ".join(explain(ScriptJob, _strip_tag(err)) for err in e.errors())
+        problems = "; ".join(explain(_MODELS[kind], _strip_tag(err, kind)) for err in e.errors())
         raise SpecError(f"{source}: {problems}") from None
 
 
-def load_job_spec(path: Path) -> tuple[ScriptJob, Path | None]:
+def job_from_record(spec: dict) -> AnyJob:
+    """A stored (already validated) spec back as its model."""
+    return _MODELS[spec["kind"]].model_validate(spec)
+
+
+def load_job_spec(path: Path) -> tuple[AnyJob, Path | None]:
     """Parse a spec file; return it with its working_dir resolved safely, if any."""
     try:
         text = Path(path).read_text()
     except OSError as e:
         raise SpecError(f"cannot read job spec {path}: {e.strerror}") from None
     spec = parse_job_spec(text, source=str(path))
-    return spec, resolve_working_dir(spec, Path(path).resolve().parent)
+    working_dir = resolve_working_dir(spec, Path(path).resolve().parent)
+    check_inputs(spec, working_dir)
+    return spec, working_dir
 
 
-def resolve_working_dir(spec: ScriptJob, base: Path) -> Path | None:
+def check_inputs(spec: AnyJob, working_dir: Path | None) -> None:
+    """A training job's model and dataset exist before anything is leased. A model that is
+    not a folder is taken as a hub id only when it does not look like a path."""
+    if isinstance(spec, ScriptJob) or working_dir is None:
+        return
+    dataset = (working_dir / spec.dataset).resolve()
+    if working_dir.resolve() not in dataset.parents or not dataset.is_file():
+        raise SpecError(f"dataset {spec.dataset!r} is not a file in the working_dir {working_dir}")
+    model = spec.model
+    local = working_dir / model
+    if local.is_dir():
+        if working_dir.resolve() not in local.resolve().parents:
+            raise SpecError(f"model {model!r} leads outside the working_dir")
+        if not (local / "config.json").is_file():
+            raise SpecError(f"model folder {model!r} has no config.json (save_pretrained output)")
+    elif model.startswith("/") and (Path(model) / "config.json").is_file():
+        return  # a model already on every seller's disk (a shared or baked-in path)
+    elif looks_like_path(model):
+        raise SpecError(
+            f"model path {model!r} not found in the working_dir {working_dir}; "
+            "put the model folder (save_pretrained output) next to the spec"
+        )
+
+
+def looks_like_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
+
+
+def resolve_working_dir(spec: AnyJob, base: Path) -> Path | None:
     """The working_dir as a real folder inside `base`; refuses `..`, absolute paths out of
     `base`, and symlinks that lead out of it."""
     raw = spec.runtime_env.working_dir
@@ -232,7 +434,7 @@ def resolve_working_dir(spec: ScriptJob, base: Path) -> Path | None:
     return target
 
 
-def _strip_tag(err: dict) -> dict:
-    # The discriminated union adds the tag ('script') to each location; drop it.
+def _strip_tag(err: dict, kind: str) -> dict:
+    # The discriminated union adds the tag (the kind) to each location; drop it.
     loc = tuple(err["loc"])
-    return {**err, "loc": loc[1:] if loc and loc[0] == "script" else loc}
+    return {**err, "loc": loc[1:] if loc and loc[0] == kind else loc}

@@ -263,21 +263,24 @@ def test_a_spec_error_is_a_user_error_and_names_its_source():
 
 @pytest.mark.parametrize("kind", FUTURE_KINDS)
 def test_future_kinds_are_not_available_yet(kind):
-    assert "lora" in FUTURE_KINDS
+    assert "sweep" in FUTURE_KINDS
     assert refused(spec(kind=kind)) == (
-        f"job spec: kind {kind!r} is not available yet on this swarm; supported: script"
+        f"job spec: kind {kind!r} is not available yet on this swarm; "
+        "supported: script, lora, pipeline"
     )
 
 
 @pytest.mark.parametrize("kind", ["scrip", "Script", 3])
 def test_an_unknown_kind_is_refused(kind):
-    assert refused(spec(kind=kind)) == f"job spec: unknown kind {kind!r} (supported: script)"
+    assert refused(spec(kind=kind)) == (
+        f"job spec: unknown kind {kind!r} (supported: script, lora, pipeline)"
+    )
 
 
 def test_a_missing_kind_is_refused():
     data = spec()
     del data["kind"]
-    assert refused(data) == "job spec: missing `kind` (supported: script)"
+    assert refused(data) == "job spec: missing `kind` (supported: script, lora, pipeline)"
 
 
 @pytest.mark.parametrize("text", ["- a list", "just text", "42", ""])
