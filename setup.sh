@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(wireguard-tools wireguard-go nftables iproute2 iputils-ping iperf3 procps postgresql curl)
+APT_PACKAGES=(wireguard-tools wireguard-go nftables iproute2 iputils-ping iperf3 procps postgresql curl g++ python3-dev)
 # The CPU build; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN="torch==2.13.0"
 
@@ -34,4 +34,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q "$TORCH_PIN"
   .venv/bin/pip install -q -e '.[test]'
   echo "$want" > "$stamp"
+fi
+
+# DeepSpeed JIT-builds its CPU communication op on first use (~1 min, needs g++ and ninja):
+# build it once here, not inside every training worker. Cached in ~/.cache/torch_extensions.
+if ! ls "${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"/*/deepspeed_shm_comm/*.so >/dev/null 2>&1; then
+  echo "setup: building DeepSpeed's CPU op once"
+  DS_ACCELERATOR=cpu .venv/bin/python -c \
+    "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()" \
+    >/dev/null 2>&1 || echo "setup: warning: DeepSpeed's CPU op did not build (g++/ninja?)"
 fi

@@ -7,11 +7,17 @@ handle `NotFound` or `RateLimited` rather than status codes.
 from __future__ import annotations
 
 import base64
+import secrets
+import shutil
 import time
+from pathlib import Path
 
 import httpx
 
 from computeswarm.cluster import errors
+from computeswarm.errors import UserError
+
+MAX_MODEL_BYTES = 16 * 2**30  # unpacked size a model download may have (zip bombs)
 
 _BY_STATUS: dict[int, type[errors.ApiError]] = {
     401: errors.Unauthorized,
@@ -155,6 +161,51 @@ class CoordinatorClient:
 
     def disable(self, seller_id: str) -> dict:
         return self._call("POST", f"/v1/sellers/{seller_id}/disable")
+
+    # -- models ---------------------------------------------------------------------------
+
+    def models(self) -> list[dict]:
+        """Your model versions (admins: everyone's)."""
+        return self._call("GET", "/v1/models")
+
+    def model(self, name: str) -> dict:
+        """`{"name": ..., "versions": [...]}`, oldest version first."""
+        return self._call("GET", f"/v1/models/{name}")
+
+    def model_version(self, name: str, version: int | str = "latest") -> dict:
+        return self._call("GET", f"/v1/models/{name}/versions/{version}")
+
+    def download_model(
+        self,
+        name: str,
+        version: int | str,
+        dest: Path,
+        *,
+        max_bytes: int = MAX_MODEL_BYTES,
+    ) -> Path:
+        """Unpack a version's files into `dest`, a new or empty folder.
+
+        The zip is checked before anything is written (no absolute names, `..`, symlinks or
+        zip bombs), unpacked beside `dest` and renamed into place, so `dest` is either
+        complete or absent.
+        """
+        from computeswarm.jobs.upload import unpack_working_dir
+
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise UserError(f"{dest} exists and is not an empty folder; pick a new one")
+        response = self._send("GET", f"/v1/models/{name}/versions/{version}/download")
+        _raise_for(response)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.parent / f".{dest.name}.partial-{secrets.token_hex(4)}"
+        try:
+            unpack_working_dir(response.content, partial, max_bytes=max_bytes)
+            if dest.exists():
+                dest.rmdir()
+            partial.rename(dest)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return dest
 
     # -- measurements -------------------------------------------------------------------
 

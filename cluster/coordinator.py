@@ -115,6 +115,11 @@ class Coordinator:
     def admin_key_path(self) -> Path:
         return self.config.state_dir / ADMIN_KEY_FILE
 
+    @property
+    def models_root(self) -> Path:
+        """Where registered model versions keep their files: <account>/<name>/<version>/."""
+        return self.config.state_dir / "models"
+
     def _bootstrap_admin(self) -> None:
         """On first start, make the admin account and write its key to admin.key (0600)."""
         with self.store.transaction() as db:

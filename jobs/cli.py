@@ -25,22 +25,37 @@ API_KEY = typer.Option(
     help="Your API key (default: your profile's buyer key).",
 )
 JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
+SPEC_FILE = typer.Argument(None, help="The job spec (YAML); or use --template.")
+TEMPLATE = typer.Option(
+    None, "--template", "-t", help="A template name (`computeswarm templates list`) or file."
+)
+SET = typer.Option(
+    [], "--set", "-s", metavar="KEY=VALUE", help="A template parameter; repeat for more."
+)
+TEMPLATE_BASE = typer.Option(
+    None,
+    "--dir",
+    file_okay=False,
+    help="Folder the template's working_dir is relative to (default: the current one).",
+)
 MAX_UPLOAD = 16 * 1024 * 1024
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def submit(
-    spec_file: Path = typer.Argument(..., help="The job spec (YAML)."),
+    spec_file: Path | None = SPEC_FILE,
+    template: str | None = TEMPLATE,
+    sets: list[str] = SET,
+    base: Path | None = TEMPLATE_BASE,
     follow: bool = typer.Option(False, "--follow", "-f", help="Stream logs until it ends."),
     coordinator: str | None = COORDINATOR,
     api_key: str | None = API_KEY,
     as_json: bool = JSON,
 ) -> None:
-    """Submit a job spec; its working_dir is uploaded. Waits for supply if the market has none."""
-    from computeswarm.jobs.spec import load_job_spec
+    """Submit a job spec or template; its working_dir is uploaded. Waits for supply if needed."""
     from computeswarm.jobs.upload import pack_working_dir
 
-    spec, working_dir = load_job_spec(spec_file)
+    spec, working_dir = _load_spec(spec_file, template, sets, base)
     upload = pack_working_dir(working_dir, MAX_UPLOAD) if working_dir else None
     client = _client(coordinator, api_key)
     job = client.submit_job(spec.model_dump(mode="json"), upload)
@@ -134,16 +149,17 @@ def jobs_cancel(
 
 @market_app.command("quote")
 def market_quote(
-    spec_file: Path,
+    spec_file: Path | None = SPEC_FILE,
+    template: str | None = TEMPLATE,
+    sets: list[str] = SET,
+    base: Path | None = TEMPLATE_BASE,
     explain: bool = typer.Option(False, "--explain", help="Say why each seller was not chosen."),
     coordinator: str | None = COORDINATOR,
     api_key: str | None = API_KEY,
     as_json: bool = JSON,
 ) -> None:
     """The sellers, price and estimated cost the market would choose now."""
-    from computeswarm.jobs.spec import load_job_spec
-
-    spec, _ = load_job_spec(spec_file)
+    spec, _ = _load_spec(spec_file, template, sets, base)
     quote = _client(coordinator, api_key).quote(spec.model_dump(mode="json"), explain)
     if as_json:
         typer.echo(json.dumps(quote))
@@ -183,6 +199,24 @@ def ledger(
     typer.echo("balances:")
     for account_name, amount in view["balances"].items():
         typer.echo(f"  {account_name:<30} {amount:>14}")
+
+
+def _load_spec(spec_file: Path | None, template: str | None, sets: list[str], base: Path | None):
+    """The spec and its working_dir from a spec file, or from a template and its --set
+    values; both pass the same working_dir and input checks."""
+    from computeswarm.jobs.errors import SpecError
+
+    if (spec_file is None) == (template is None):
+        raise SpecError("give a job spec file or --template NAME (one of them)")
+    if template is None:
+        if sets or base is not None:
+            raise SpecError("--set and --dir go with --template, not a spec file")
+        from computeswarm.jobs.spec import load_job_spec
+
+        return load_job_spec(spec_file)
+    from computeswarm.jobs.templates import parse_sets, render_job_spec
+
+    return render_job_spec(template, parse_sets(sets), base or Path.cwd())
 
 
 def _follow(client, job_id: str) -> int:

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from computeswarm import __version__
-from computeswarm.cluster import registry
+from computeswarm.cluster import model_registry, registry
 from computeswarm.cluster.accounts import Caller, Role, create_account
 from computeswarm.cluster.api.middleware import AccessLog, BodyLimit
 from computeswarm.cluster.api.schemas import (
@@ -263,6 +263,49 @@ def _add_routes(app: FastAPI, c: Coordinator) -> None:
     def deposit(account_id: str, body: Deposit, who: Caller = Depends(caller)) -> dict:
         return c.jobs.deposit(who, account_id, body.micros)
 
+    # -- models -------------------------------------------------------------------------
+
+    @app.get("/v1/models", tags=["models"])
+    def list_models(account: str | None = None, who: Caller = Depends(caller)) -> list[dict]:
+        """Your model versions (admins: every account's, or one with `?account=`)."""
+        with c.store.transaction() as db:
+            versions = model_registry.list_versions(db, _model_owner(who, account))
+            return [model_registry.view(v) for v in versions]
+
+    @app.get("/v1/models/{name}", tags=["models"])
+    def get_model(name: str, account: str | None = None, who: Caller = Depends(caller)) -> dict:
+        """All versions of one of your models, oldest first."""
+        with c.store.transaction() as db:
+            versions = model_registry.list_versions(db, _model_owner(who, account), name)
+            return {"name": name, "versions": [model_registry.view(v) for v in versions]}
+
+    @app.get("/v1/models/{name}/versions/{version}", tags=["models"])
+    def get_model_version(
+        name: str, version: str, account: str | None = None, who: Caller = Depends(caller)
+    ) -> dict:
+        """One version: `N`, or `latest`."""
+        with c.store.transaction() as db:
+            found = model_registry.resolve(
+                db, _model_owner(who, account), _model_ref(name, version)
+            )
+            return model_registry.view(found)
+
+    @app.get("/v1/models/{name}/versions/{version}/download", tags=["models"])
+    def download_model_version(
+        name: str, version: str, account: str | None = None, who: Caller = Depends(caller)
+    ) -> Response:
+        """The version's files as a zip."""
+        with c.store.transaction() as db:
+            found = model_registry.resolve(
+                db, _model_owner(who, account), _model_ref(name, version)
+            )
+        filename = f"{found.name}-{found.version}.zip"
+        return Response(
+            model_registry.pack(found),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+
     @app.get("/v1/probe/bytes", tags=["sellers"])
     def probe_bytes(size: int = 1024 * 1024, who: Caller = Depends(caller)) -> Response:
         """Bytes to time a download with: the agent's bandwidth measurement over the overlay."""
@@ -274,6 +317,18 @@ def _rate_limit(c: Coordinator, key: str) -> None:
     wait = c.limiter.check(key)
     if wait > 0:
         raise RateLimited(wait)
+
+
+def _model_owner(who: Caller, account: str | None) -> str | None:
+    """Whose models a caller sees: their own; admins everyone's (None) or one account's."""
+    return (account or None) if who.role is Role.ADMIN else who.account_id
+
+
+def _model_ref(name: str, version: str) -> str:
+    """The path's name and version as one reference, `NAME` (latest) or `NAME@N`."""
+    if "@" in name or "@" in version:
+        raise ApiError(f"model name {name!r} and version {version!r} may not contain '@'")
+    return name if version == "latest" else f"{name}@{version}"
 
 
 def _seller_view(seller: Seller, offer: Offer | None, who: Caller) -> dict:

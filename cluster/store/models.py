@@ -6,7 +6,16 @@ address once given out is never handed out again.
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -144,4 +153,36 @@ class LedgerEntry(Base):
     amount_micros: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(40))
     ref: Mapped[str] = mapped_column(String(80), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ModelVersion(Base):
+    """A registered model (a LoRA adapter), numbered 1, 2, 3... per (account, name).
+
+    Its files live in `artifact_path` on the coordinator; the row is written in the same
+    transaction that moves the complete folder into place, so a visible row always has
+    all of its files.
+    """
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("account_id", "name", "version", name="uq_model_versions_version"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)  # the owner
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    base_model: Mapped[str] = mapped_column(String(200))
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    data_hash: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    checkpoint: Mapped[str] = mapped_column(String(500))  # the checkpoint it came from
+    parent: Mapped[str | None] = mapped_column(  # the version training started from
+        ForeignKey("model_versions.id"), nullable=True
+    )
+    job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    artifact_path: Mapped[str] = mapped_column(String(500))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[float] = mapped_column(Float)

@@ -44,7 +44,7 @@ def read_jsonl(path: Path) -> list[dict]:
 def encode(record: dict, tokenizer, max_len: int) -> Example:
     """Token ids padded/cut to `max_len`, with labels for the tokens to learn."""
     if "text" in record:
-        ids = tokenizer.encode(record["text"], add_special_tokens=False) + [tokenizer.eos_token_id]
+        ids = [*tokenizer.encode(record["text"], add_special_tokens=False), tokenizer.eos_token_id]
         labels = list(ids)
     else:
         prompt = tokenizer.encode(record["prompt"], add_special_tokens=False)

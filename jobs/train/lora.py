@@ -1,0 +1,285 @@
+"""LoRA fine-tuning on a lease: one Ray Train worker per leased GPU, DeepSpeed ZeRO-2/3
+around a PEFT model, or local SGD in low-bandwidth mode.
+
+Only the adapter trains, so only adapter gradients cross the WAN. Full-sync mode lets
+DeepSpeed reduce them every optimizer step (gradient accumulation makes those steps rarer);
+low-bandwidth mode trains each seller alone and averages the adapters every H steps.
+
+A checkpoint folder holds `state.json` (step, base metrics), `adapter/` (PEFT files) and
+the optimizer: DeepSpeed's shards under `ds/`, or `optim-rank{r}.pt` per rank. Every rank
+reports its part; Ray Train registers the checkpoint only when all parts are uploaded, so a
+restart never sees a partial one. Batches are a pure function of the step, so a resumed
+run continues the same data order and never redoes a checkpointed step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from computeswarm.jobs.train.data import IGNORE, encode, read_jsonl, split
+from computeswarm.jobs.train.runs import ring_allreduce_bytes
+
+# Attention and MLP projections: a random or small base needs both to learn anything.
+TARGETS = {
+    "gpt2": (["c_attn", "c_proj", "c_fc"], True),  # Conv1D weights are (in, out)
+    "llama": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], False),
+    "mistral": (["q_proj", "k_proj", "v_proj", "o_proj"], False),
+    "qwen2": (["q_proj", "k_proj", "v_proj", "o_proj"], False),
+}
+
+
+def lora_targets(model_type: str, chosen: list[str] | None) -> tuple[list[str], bool]:
+    modules, fan_in_fan_out = TARGETS.get(model_type, (["q_proj", "v_proj"], False))
+    return (chosen or modules), fan_in_fan_out
+
+
+def deepspeed_config(ds: dict, learning_rate: float, cuda: bool) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": ds["micro_batch"],
+        "gradient_accumulation_steps": ds["gradient_accumulation"],
+        "zero_optimization": {"stage": ds["zero_stage"]},
+        "optimizer": {"type": "AdamW", "params": {"lr": learning_rate, "torch_adam": True}},
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": cuda},
+        "steps_per_print": 10**9,
+    }
+
+
+def sync_bytes_per_step(trainable_bytes: int, world: int, sync_every: int | None) -> float:
+    """Bytes each worker sends per optimizer step: every step (full sync) or every H."""
+    return ring_allreduce_bytes(trainable_bytes, world) / (sync_every or 1)
+
+
+def micro_batch(shard: list, step: int, micro: int, accumulation: int, size: int) -> list:
+    """The samples of one micro-step: a pure function of the step (resumes continue it)."""
+    start = ((step * accumulation + micro) * size) % len(shard)
+    return [shard[(start + i) % len(shard)] for i in range(size)]
+
+
+def train_lora_worker(config: dict) -> None:
+    """Ray Train's per-worker loop. `config` comes from `run.worker_config`."""
+    cuda = _cpu_or_cuda()
+    import ray.train
+    import torch
+    import torch.distributed as dist
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from ray.train import Checkpoint
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    training, ds = config["training"], config["deepspeed"]
+    torch.manual_seed(training["seed"])
+    local = config.get("low_bandwidth")
+
+    tokenizer = AutoTokenizer.from_pretrained(config["model"])
+    base = AutoModelForCausalLM.from_pretrained(config["model"], attn_implementation="sdpa")
+    if config.get("init_adapter"):
+        model = PeftModel.from_pretrained(base, config["init_adapter"], is_trainable=True)
+    else:
+        lora = config["lora"]
+        targets, fan_in_fan_out = lora_targets(base.config.model_type, lora["target_modules"])
+        model = get_peft_model(
+            base,
+            LoraConfig(
+                r=lora["rank"],
+                lora_alpha=lora["alpha"],
+                lora_dropout=lora["dropout"],
+                target_modules=targets,
+                fan_in_fan_out=fan_in_fan_out,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable_bytes = sum(p.numel() * p.element_size() for p in trainable)
+
+    records = read_jsonl(config["dataset"])
+    train_records, eval_records = split(records, training["eval_fraction"], training["seed"])
+    length = training["max_seq_len"]
+    shard = [encode(r, tokenizer, length) for r in train_records[rank::world]]
+    eval_shard = [encode(r, tokenizer, length) for r in eval_records[rank::world]]
+
+    if local:
+        engine = None
+        optimizer = torch.optim.AdamW(trainable, lr=training["learning_rate"])
+        forward = model
+    else:
+        import deepspeed
+
+        engine, optimizer, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=trainable,
+            config=deepspeed_config(ds, training["learning_rate"], cuda),
+        )
+        forward = engine
+
+    step, base_metrics = 0, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = json.loads((Path(folder) / "state.json").read_text())
+            step, base_metrics = state["step"], state["base"]
+            if engine is not None:
+                engine.load_checkpoint(str(Path(folder) / "ds"), tag="ckpt")
+            else:
+                from peft import set_peft_model_state_dict
+                from safetensors.torch import load_file
+
+                weights = load_file(str(Path(folder) / "adapter" / "adapter_model.safetensors"))
+                set_peft_model_state_dict(model, weights)
+                optimizer.load_state_dict(torch.load(Path(folder) / f"optim-rank{rank}.pt"))
+        _say(rank, f"resumed from the checkpoint at step {step}")
+    if base_metrics is None:
+        base_metrics = _evaluate(forward, eval_shard, ds["micro_batch"])
+        _say(rank, f"base eval_loss {base_metrics['eval_loss']:.4f}")
+
+    def loss_of(batch) -> torch.Tensor:
+        ids = torch.tensor([e.input_ids for e in batch])
+        labels = torch.tensor([e.labels for e in batch])
+        logits = forward(input_ids=ids).logits[:, :-1].float()
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=IGNORE
+        )
+
+    steps_log = Path(config["run_dir"]) / "steps.log"
+    sync_every = local["sync_every"] if local else None
+    per_step = sync_bytes_per_step(trainable_bytes, world, sync_every)
+    accumulation, size = ds["gradient_accumulation"], ds["micro_batch"]
+    while step < training["steps"]:
+        started = time.perf_counter()
+        losses = []
+        for micro in range(accumulation):
+            loss = loss_of(micro_batch(shard, step, micro, accumulation, size))
+            if engine is not None:
+                engine.backward(loss)
+                engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
+            else:
+                (loss / accumulation).backward()
+            losses.append(loss.item())
+        if engine is None:
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+        step += 1
+        if local and world > 1 and step % sync_every == 0:
+            with torch.no_grad():
+                for p in trainable:  # local SGD: average the adapters, not the gradients
+                    dist.all_reduce(p.data)
+                    p.data /= world
+        mean = sum(losses) / len(losses)
+        if rank == 0:
+            with open(steps_log, "a") as f:
+                f.write(f"{step} {mean:.6f}\n")
+            _say(rank, f"step {step} loss {mean:.4f} ({time.perf_counter() - started:.2f} s)")
+        metrics = {
+            "step": step,
+            "loss": mean,
+            "sync_bytes_per_step": per_step,
+            **_base(base_metrics),
+        }
+        last = step == training["steps"]
+        if step % training["eval_every"] == 0 or last:
+            metrics.update(_evaluate(forward, eval_shard, size))
+            if rank == 0:
+                _say(
+                    rank,
+                    f"step {step} eval_loss {metrics['eval_loss']:.4f} "
+                    f"token_accuracy {metrics['token_accuracy']:.3f}",
+                )
+        if step % training["checkpoint_every"] == 0 or last:
+            if local and world > 1 and step % sync_every:
+                with torch.no_grad():  # a checkpoint holds one adapter: average first
+                    for p in trainable:
+                        dist.all_reduce(p.data)
+                        p.data /= world
+            with tempfile.TemporaryDirectory() as folder:
+                _save(folder, rank, step, base_metrics, model, engine, optimizer)
+                ray.train.report(
+                    metrics,
+                    checkpoint=Checkpoint.from_directory(folder),
+                    checkpoint_dir_name=f"step-{step:06d}",
+                )
+        elif "eval_loss" in metrics:
+            ray.train.report(metrics)
+
+
+def _save(folder, rank, step, base_metrics, model, engine, optimizer) -> None:
+    import torch
+
+    folder = Path(folder)
+    if engine is not None:
+        engine.save_checkpoint(str(folder / "ds"), tag="ckpt")  # every rank writes its shard
+        if engine.zero_optimization_stage() == 3:
+            import deepspeed
+
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            with deepspeed.zero.GatheredParameters(trainable):  # collective: all ranks
+                if rank == 0:
+                    model.save_pretrained(folder / "adapter")
+        elif rank == 0:
+            model.save_pretrained(folder / "adapter")
+    else:
+        torch.save(optimizer.state_dict(), folder / f"optim-rank{rank}.pt")
+        if rank == 0:
+            model.save_pretrained(folder / "adapter")
+    if rank == 0:
+        (folder / "state.json").write_text(json.dumps({"step": step, "base": base_metrics}))
+
+
+def _evaluate(forward, examples: list, size: int) -> dict:
+    """Loss and next-token accuracy on the held-out labels, summed over all ranks."""
+    import torch
+    import torch.distributed as dist
+
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, tokens
+    was_training = forward.training
+    forward.eval()
+    with torch.no_grad():
+        for start in range(0, len(examples), size):
+            batch = examples[start : start + size]
+            ids = torch.tensor([e.input_ids for e in batch])
+            labels = torch.tensor([e.labels for e in batch])[:, 1:]
+            logits = forward(input_ids=ids).logits[:, :-1].float()
+            mask = labels != IGNORE
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)),
+                labels.reshape(-1),
+                ignore_index=IGNORE,
+                reduction="sum",
+            )
+            totals += torch.tensor(
+                [
+                    loss.item(),
+                    (logits.argmax(-1)[mask] == labels[mask]).sum().item(),
+                    mask.sum().item(),
+                ],
+                dtype=torch.float64,
+            )
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    forward.train(was_training)
+    tokens = max(totals[2].item(), 1.0)
+    return {"eval_loss": totals[0].item() / tokens, "token_accuracy": totals[1].item() / tokens}
+
+
+def _base(base_metrics: dict) -> dict:
+    return {f"base_{k}": v for k, v in base_metrics.items()}
+
+
+def _cpu_or_cuda() -> bool:
+    """DeepSpeed picks its accelerator at import: tell it before anything imports it."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return cuda
+
+
+def _say(rank: int, text: str) -> None:
+    if rank == 0:
+        print(text, flush=True)
