@@ -120,6 +120,11 @@ class Coordinator:
         """Where registered model versions keep their files: <account>/<name>/<version>/."""
         return self.config.state_dir / "models"
 
+    @property
+    def storage_root(self) -> Path:
+        """Job storage: training runs and their checkpoints, <account>/runs/<run>/."""
+        return self.config.state_dir / "storage"
+
     def _bootstrap_admin(self) -> None:
         """On first start, make the admin account and write its key to admin.key (0600)."""
         with self.store.transaction() as db:

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import secrets
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from computeswarm.cluster import ledger
+from computeswarm.cluster import ledger, model_registry, training_jobs
 from computeswarm.cluster.accounts import Caller, Role
 from computeswarm.cluster.errors import ApiError, Conflict, NotFound
 from computeswarm.cluster.leases import bid_for
 from computeswarm.cluster.market import Match, match
 from computeswarm.cluster.store.models import Account, Job, Lease, LeaseMember, LedgerEntry, Seller
-from computeswarm.jobs.spec import parse_job_spec
+from computeswarm.jobs.spec import check_inputs, parse_job_spec
 from computeswarm.jobs.states import JobState, job_transition
 from computeswarm.jobs.upload import unpack_working_dir
 
@@ -50,6 +51,16 @@ class JobsService:
                 shutil.rmtree(target.parent, ignore_errors=True)
                 raise
             upload = str(target)
+        try:
+            # Training inputs are checked here, before anything is leased.
+            check_inputs(spec, Path(upload) if upload else None)
+            if getattr(spec, "init_adapter", None):
+                with self.c.store.transaction() as db:
+                    model_registry.resolve(db, caller.account_id, spec.init_adapter)
+        except BaseException:
+            if upload:
+                shutil.rmtree(Path(upload).parent, ignore_errors=True)
+            raise
         with self.c.store.transaction() as db:
             job = Job(
                 id=job_id,
@@ -148,7 +159,11 @@ class JobsService:
                 "ended_at": job.ended_at,
                 "lease": None,
                 "cost": None,
+                "model_version": None,
             }
+            version = training_jobs.version_of(db, job.id)
+            if version is not None:
+                out["model_version"] = f"{version.name}@{version.version}"
             if job.lease_id:
                 lease = db.get(Lease, job.lease_id)
                 members = db.scalars(

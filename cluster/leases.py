@@ -11,7 +11,7 @@ import enum
 from collections.abc import Callable, Iterable
 
 from computeswarm.cluster.market import Ask, Bid
-from computeswarm.jobs.spec import ScriptJob
+from computeswarm.jobs.spec import AnyJob
 
 
 class LeaseState(enum.StrEnum):
@@ -57,7 +57,7 @@ def lease_transition(current: LeaseState, target: LeaseState) -> LeaseState:
     return target
 
 
-def bid_for(job_id: str, spec: ScriptJob) -> Bid:
+def bid_for(job_id: str, spec: AnyJob) -> Bid:
     gpus = spec.resources.gpus
     return Bid(
         job_id=job_id,

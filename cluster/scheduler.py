@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import httpx
 from sqlalchemy import select
 
-from computeswarm.cluster import ledger
+from computeswarm.cluster import ledger, training_jobs
 from computeswarm.cluster.leases import (
     LeaseState,
     MemberState,
@@ -49,7 +49,9 @@ from computeswarm.cluster.ray_nodes import (
 )
 from computeswarm.cluster.states import SellerEvent, SellerState, transition
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Offer, Seller
-from computeswarm.jobs.spec import ScriptJob
+from computeswarm.cluster.training_jobs import RayJob
+from computeswarm.errors import ComputeSwarmError
+from computeswarm.jobs.spec import ScriptJob, job_from_record
 from computeswarm.jobs.states import JobState, job_transition
 
 if TYPE_CHECKING:
@@ -112,7 +114,7 @@ class LeaseScheduler:
                 )
             ).all()
             for job in jobs:
-                spec = ScriptJob.model_validate(job.spec)
+                spec = job_from_record(job.spec)
                 escrow = spec.escrow_micros
                 funds = ledger.balance(db, ledger.buyer(job.account_id))
                 if funds < escrow:
@@ -267,14 +269,24 @@ class LeaseScheduler:
         with self.c.store.transaction() as db:
             lease = db.get(Lease, lease_id)
             job = db.get(Job, lease.job_id)
-            spec = ScriptJob.model_validate(job.spec)
+            spec = job_from_record(job.spec)
             upload, job_id = job.upload_path, job.id
-        client = self._client(lease_id)
-        if client is None:
-            return  # the head's dashboard is not up yet: next tick
+            client = self._client(lease_id)
+            if client is None:
+                return  # the head's dashboard is not up yet: next tick
+            try:
+                ray_job = (
+                    RayJob(spec.entrypoint, {})
+                    if isinstance(spec, ScriptJob)
+                    else training_jobs.render(db, job, spec, self.c.storage_root)
+                )
+            except ComputeSwarmError as e:
+                self.start_release(db, lease, f"cannot start the job: {e}", JobState.FAILED)
+                return
         runtime_env: dict = {
             "env_vars": {
                 **spec.runtime_env.env_vars,
+                **ray_job.env_vars,
                 "COMPUTESWARM_JOB_ID": job_id,
                 "COMPUTESWARM_LEASE_ID": lease_id,
             }
@@ -285,7 +297,7 @@ class LeaseScheduler:
             runtime_env["pip"] = spec.runtime_env.pip
         try:
             submission = client.submit_job(
-                entrypoint=spec.entrypoint,
+                entrypoint=ray_job.entrypoint,
                 runtime_env=runtime_env,
                 entrypoint_resources={"cs_driver": 1},
                 submission_id=f"{job_id}-{lease_id}",
@@ -379,7 +391,7 @@ class LeaseScheduler:
                 JobState.FAILED,
             )
             return
-        spec = ScriptJob.model_validate(job.spec)
+        spec = job_from_record(job.spec)
         members = {
             m.seller_id
             for m in db.scalars(select(LeaseMember).where(LeaseMember.lease_id == lease.id))
@@ -423,6 +435,7 @@ class LeaseScheduler:
         for lease_id, session, job_id in releasing:
             self._stop_job(lease_id, job_id)
             self._save_logs(lease_id, job_id)
+            self._register_model(job_id)
             with self.c.store.transaction() as db:
                 self._settle(db, db.get(Lease, lease_id), self.c.clock())
             if session:
@@ -436,6 +449,24 @@ class LeaseScheduler:
             self.heads.pop(lease_id, None)
             self._jobs_clients.pop(lease_id, None)
             self._dashboards.pop(lease_id, None)
+
+    def _register_model(self, job_id: str) -> None:
+        """A succeeded `lora` job's adapter becomes the next version of its model."""
+        try:
+            with self.c.store.transaction() as db:
+                job = db.get(Job, job_id)
+                if job is None or job.state != JobState.SUCCEEDED.value:
+                    return
+                version = training_jobs.register_result(
+                    db, job, self.c.storage_root, self.c.models_root, self.c.clock()
+                )
+                if version:
+                    job.reason = f"registered model {version['name']}@{version['version']}"
+                    log.info("job %s: %s", job_id, job.reason)
+        except Exception as e:  # the job's result stays in its run folder either way
+            log.warning("job %s: could not register its model: %s", job_id, e)
+            with self.c.store.transaction() as db:
+                db.get(Job, job_id).reason = f"finished, but the model was not registered: {e}"
 
     def _settle(self, db, lease: Lease, now: float) -> None:
         """Detach everyone, pay out of escrow, return the rest, free the sellers."""

@@ -1,0 +1,90 @@
+"""The coordinator's side of training kinds: a `lora`/`pipeline` spec becomes a Ray job, and
+a finished `lora` run becomes a model version.
+
+Run folders live in the job storage, `<state_dir>/storage/<account>/runs/<name>-<hash>`,
+named by what the weights depend on (spec and data hashes): a resubmitted job lands in the
+same folder and Ray Train resumes it from its latest complete checkpoint. The folder must
+be reachable at the same path from every seller of the lease (one machine in the testbed;
+a shared volume in production).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from computeswarm.cluster import model_registry
+from computeswarm.cluster.store.models import Job, ModelVersion
+from computeswarm.jobs.spec import LoraJob, PipelineJob
+from computeswarm.jobs.train.runs import file_hash, run_name, spec_hash
+
+log = logging.getLogger("computeswarm.training")
+SPEC_FILE = "computeswarm-job.json"
+ENTRYPOINT = f"python -m computeswarm.jobs.train.run {SPEC_FILE}"
+
+
+@dataclass(frozen=True)
+class RayJob:
+    entrypoint: str
+    env_vars: dict[str, str]
+
+
+def run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob) -> Path:
+    data = file_hash(Path(job.upload_path) / spec.dataset)
+    return storage / job.account_id / "runs" / run_name(job.name, spec_hash(job.spec), data)
+
+
+def render(db, job: Job, spec: LoraJob | PipelineJob, storage: Path) -> RayJob:
+    """The entrypoint and environment of a training job's driver."""
+    folder = run_dir(storage, job, spec)
+    if (folder / "result.json").exists():
+        log.info("job %s: run %s already finished; its checkpoint is reused", job.id, folder.name)
+    (Path(job.upload_path) / SPEC_FILE).write_text(json.dumps(job.spec))
+    env = {"COMPUTESWARM_RUN_DIR": str(folder)}
+    if isinstance(spec, LoraJob) and spec.init_adapter:
+        version = model_registry.resolve(db, job.account_id, spec.init_adapter)
+        env["COMPUTESWARM_INIT_ADAPTER"] = version.artifact_path
+        env["COMPUTESWARM_INIT_VERSION"] = version.id
+    return RayJob(ENTRYPOINT, env)
+
+
+def register_result(db, job: Job, storage: Path, models_root: Path, now: float) -> dict | None:
+    """Register a finished `lora` run's adapter; None for other kinds or no result."""
+    spec = LoraJob.model_validate(job.spec) if job.kind == "lora" else None
+    if spec is None or not job.upload_path:
+        return None
+    result_path = run_dir(storage, job, spec) / "result.json"
+    if not result_path.exists():
+        return None
+    result = json.loads(result_path.read_text())
+    if not result.get("adapter") or not Path(result["adapter"]).is_dir():
+        log.warning("job %s: the run left no adapter to register", job.id)
+        return None
+    parent = None
+    if spec.init_adapter:
+        parent = model_registry.resolve(db, job.account_id, spec.init_adapter).id
+    version = model_registry.register(
+        db,
+        account_id=job.account_id,
+        name=spec.model_name,
+        source_dir=Path(result["adapter"]),
+        base_model=spec.model,
+        spec_hash=result["spec_hash"],
+        data_hash=result["data_hash"],
+        metrics=result["metrics"],
+        checkpoint=result["checkpoint"],
+        job_id=job.id,
+        parent=parent,
+        now=now,
+        models_root=models_root,
+    )
+    db.flush()
+    return model_registry.view(version)
+
+
+def version_of(db, job_id: str) -> ModelVersion | None:
+    from sqlalchemy import select
+
+    return db.scalars(select(ModelVersion).where(ModelVersion.job_id == job_id)).first()

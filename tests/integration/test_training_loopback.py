@@ -1,0 +1,179 @@
+"""Training kinds on real leases, on one machine without root: a coordinator and three
+sellers on loopback (the `none` backend), real Ray clusters, Ray Train + DeepSpeed + PEFT.
+
+A `lora` job fine-tunes a tiny model on a task with a learnable signal across two sellers,
+its adapter is registered and loads through peft; a seller killed mid-training is replaced
+and the run resumes from its last checkpoint without redoing checkpointed steps.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from computeswarm.cluster.client import CoordinatorClient
+from computeswarm.jobs.train.data import synthetic_addition
+from computeswarm.jobs.train.tiny import make_tiny_model
+from computeswarm.jobs.upload import pack_working_dir
+from tests.integration.test_leases_loopback import (
+    CS,
+    Swarm,
+    _admin_key,
+    _free_port,
+    _settled,
+    _state,
+    _until,
+)
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Ray lease nodes need Linux")
+SELLERS = {"s1": "0.30", "s2": "0.35", "s3": "0.40"}
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training-swarm")
+    swarm = Swarm(root, _free_port())
+    env = {
+        "COMPUTESWARM_HEAD__HEARTBEAT__INTERVAL_S": "0.5",
+        "COMPUTESWARM_HEAD__HEARTBEAT__TIMEOUT_S": "3",
+        "COMPUTESWARM_HEAD__OVERLAY__INTERFACE": f"csl{swarm.port}",
+    }
+    head = [*CS, "head", "up", "--state-dir", str(root / "head"), "--port", str(swarm.port)]
+    try:
+        swarm.spawn("head", [*head, "--host", "0.0.0.0", "--backend", "none"], env)
+        swarm.admin = CoordinatorClient(swarm.url, _admin_key(root, swarm.url))
+        for name, price in SELLERS.items():
+            swarm.join(name, "RTX4090:24GB:1", price)
+        account = swarm.admin.create_account("trainer", "buyer")
+        swarm.admin.deposit(account["account_id"], "10")
+        swarm.buyer = CoordinatorClient(swarm.url, account["api_key"], timeout=60)
+        _until(
+            lambda: (
+                sum(s["state"] == "online" and bool(s["offer"]) for s in swarm.admin.sellers()) == 3
+            ),
+            "sellers online",
+        )
+        swarm.ids = {s["name"]: s["id"] for s in swarm.admin.sellers()}
+        yield swarm
+    finally:
+        swarm.stop()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("lora-job")
+    make_tiny_model(folder / "model", "gpt2")
+    synthetic_addition(folder / "data.jsonl", n=600)
+    return folder
+
+
+def lora(name: str, steps: int, **extra) -> dict:
+    return {
+        "kind": "lora",
+        "name": name,
+        "model": "model",
+        "dataset": "data.jsonl",
+        "runtime_env": {"working_dir": "."},
+        "resources": {"gpus": "RTX4090:24GB:2", "nodes": 2, "memory_gb_per_node": 1.5},
+        "pricing": {"max_price_per_gpu_hour": "0.60"},
+        "max_duration": "15m",
+        "training": {
+            "steps": steps,
+            "learning_rate": 0.003,
+            "eval_every": 10,
+            "checkpoint_every": 10,
+            "max_seq_len": 16,
+        },
+        "deepspeed": {"zero_stage": 2, "micro_batch": 8},
+        **extra,
+    }
+
+
+def run_folder(swarm, job_id: str) -> Path:
+    job = swarm.buyer.job(job_id)
+    runs = list((swarm.root / "head" / "storage").glob(f"*/runs/{job['name']}-*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_a_lora_job_learns_registers_its_adapter_and_it_loads_in_peft(swarm, workdir, tmp_path):
+    submitted = swarm.buyer.submit_job(lora("adder", 30), pack_working_dir(workdir, 2**22))
+    done = _until(lambda: _state(swarm, submitted["id"], "succeeded", "failed"), "end", 400)
+    assert done["state"] == "succeeded", (done, swarm.buyer.job_logs(submitted["id"])["text"])
+    assert {m["seller_id"] for m in done["lease"]["members"]} == {
+        swarm.ids["s1"],
+        swarm.ids["s2"],
+    }
+    result = json.loads((run_folder(swarm, submitted["id"]) / "result.json").read_text())
+    metrics = result["metrics"]
+    # The base's loss on the held-out sums is ~ln(vocab); the adapter must beat it clearly.
+    assert metrics["eval_loss"] < metrics["base_eval_loss"] - 0.3, metrics
+    assert metrics["token_accuracy"] > metrics["base_token_accuracy"] + 0.1, metrics
+
+    job = _until(lambda: (j := swarm.buyer.job(submitted["id"]))["model_version"] and j, "model")
+    assert job["model_version"] == "adder@1"
+    version = swarm.buyer.model_version("adder", 1)
+    assert version["base_model"] == "model" and version["job_id"] == submitted["id"]
+    assert version["checkpoint"].endswith("step-000030")
+    adapter = swarm.buyer.download_model("adder", 1, tmp_path / "adder")
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(workdir / "model")
+    tuned = PeftModel.from_pretrained(base, adapter)
+    tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
+    ids = torch.tensor([tokenizer.encode("12+7=")])
+    with torch.no_grad():
+        plain = AutoModelForCausalLM.from_pretrained(workdir / "model")(input_ids=ids).logits
+        adapted = tuned(input_ids=ids).logits
+    assert not torch.allclose(plain, adapted), "the downloaded adapter changed nothing"
+
+    logs = swarm.buyer.job_logs(submitted["id"])["text"]
+    assert "step 30 loss" in logs and "training finished" in logs
+
+
+def test_a_killed_seller_is_replaced_and_training_resumes_from_the_last_checkpoint(swarm, workdir):
+    _until(lambda: sum(s["state"] == "online" for s in swarm.admin.sellers()) == 3, "online")
+    spec = lora("resumer", 60, training=lora("x", 60)["training"] | {"checkpoint_every": 10})
+    submitted = swarm.buyer.submit_job(spec, pack_working_dir(workdir, 2**22))
+    running = _until(lambda: _state(swarm, submitted["id"], "running"), "running", 200)
+    folder = _until(lambda: _runs(swarm, "resumer"), "the run folder", 200)
+    _until(lambda: _steps_done(folder) >= 14, "training past its first checkpoint", 300)
+    victim = next(m for m in running["lease"]["members"] if not m["driver"])
+    name = next(n for n, i in swarm.ids.items() if i == victim["seller_id"])
+    swarm.vanish(name)
+
+    done = _until(lambda: _state(swarm, submitted["id"], "succeeded", "failed"), "end", 500)
+    logs = swarm.buyer.job_logs(submitted["id"])["text"]
+    assert done["state"] == "succeeded", (done, logs[-3000:])
+    resumed = [int(s) for s in re.findall(r"resumed from the checkpoint at step (\d+)", logs)]
+    assert resumed and resumed[0] >= 10, logs[-3000:]
+    steps = [int(line.split()[0]) for line in (folder / "steps.log").read_text().splitlines()]
+    # Every step up to the checkpoint it resumed from ran exactly once; all 60 ran.
+    assert sorted(s for s in steps if s <= resumed[0]) == list(range(1, resumed[0] + 1))
+    assert set(steps) == set(range(1, 61))
+
+    billed = _settled(swarm, submitted["id"])
+    members = {m["seller_id"]: m for m in billed["lease"]["members"]}
+    assert members[victim["seller_id"]]["state"] == "dropped"
+    replacement = swarm.ids["s3"]
+    assert members[replacement]["attached_at"] is not None
+    # The lost seller is paid until it was lost, not to the end of the lease.
+    lost = members[victim["seller_id"]]
+    assert lost["attached_at"] < lost["detached_at"] < members[replacement]["detached_at"]
+
+
+def _runs(swarm, name: str) -> Path | None:
+    runs = list((swarm.root / "head" / "storage").glob(f"*/runs/{name}-*"))
+    return runs[0] if runs else None
+
+
+def _steps_done(folder: Path) -> int:
+    log = folder / "steps.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
