@@ -90,6 +90,7 @@ class LeaseWorkers:
         token.write_text(a["token"])
         token.chmod(0o600)
         model = self.gpus[0].model if self.gpus else "none"
+        vram = min((g.vram_gb for g in self.gpus), default=0)
         argv = worker_argv(
             head=a["head"],
             ip=self.ip,
@@ -100,7 +101,8 @@ class LeaseWorkers:
             memory_bytes=a["memory_bytes"],
             object_store_bytes=min(a["memory_bytes"] // 4, 256 * 2**20),
             resources={"cs_driver": 1} if a["driver"] else {},
-            labels={**a["labels"], "cs-gpu": model},
+            # Pipeline stages are sized by VRAM: the smallest leased GPU's bounds a stage.
+            labels={**a["labels"], "cs-gpu": model, "cs-vram-gb": str(vram)},
         )
         log_path = lease_dir / "worker.log"
         log_path.unlink(missing_ok=True)

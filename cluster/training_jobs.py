@@ -42,7 +42,9 @@ def render(db, job: Job, spec: LoraJob | PipelineJob, storage: Path) -> RayJob:
     if (folder / "result.json").exists():
         log.info("job %s: run %s already finished; its checkpoint is reused", job.id, folder.name)
     (Path(job.upload_path) / SPEC_FILE).write_text(json.dumps(job.spec))
-    env = {"COMPUTESWARM_RUN_DIR": str(folder)}
+    # Ray Train's controller collects reports (and so registers checkpoints) at this pace;
+    # its default leaves a fresh checkpoint unregistered for seconds.
+    env = {"COMPUTESWARM_RUN_DIR": str(folder), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
     if isinstance(spec, LoraJob) and spec.init_adapter:
         version = model_registry.resolve(db, job.account_id, spec.init_adapter)
         env["COMPUTESWARM_INIT_ADAPTER"] = version.artifact_path

@@ -23,6 +23,7 @@ from pathlib import Path
 from computeswarm.jobs.train.data import IGNORE, encode, read_jsonl, split
 from computeswarm.jobs.train.runs import ring_allreduce_bytes
 
+COMPLETE = "COMPLETE"
 # Attention and MLP projections: a random or small base needs both to learn anything.
 TARGETS = {
     "gpt2": (["c_attn", "c_proj", "c_fc"], True),  # Conv1D weights are (in, out)
@@ -118,20 +119,19 @@ def train_lora_worker(config: dict) -> None:
         forward = engine
 
     step, base_metrics = 0, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = json.loads((Path(folder) / "state.json").read_text())
-            step, base_metrics = state["step"], state["base"]
-            if engine is not None:
-                engine.load_checkpoint(str(Path(folder) / "ds"), tag="ckpt")
-            else:
-                from peft import set_peft_model_state_dict
-                from safetensors.torch import load_file
+    folder = latest_complete_checkpoint(Path(config["run_dir"]), ray.train.get_checkpoint())
+    if folder:
+        state = json.loads((Path(folder) / "state.json").read_text())
+        step, base_metrics = state["step"], state["base"]
+        if engine is not None:
+            engine.load_checkpoint(str(Path(folder) / "ds"), tag="ckpt")
+        else:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
 
-                weights = load_file(str(Path(folder) / "adapter" / "adapter_model.safetensors"))
-                set_peft_model_state_dict(model, weights)
-                optimizer.load_state_dict(torch.load(Path(folder) / f"optim-rank{rank}.pt"))
+            weights = load_file(str(Path(folder) / "adapter" / "adapter_model.safetensors"))
+            set_peft_model_state_dict(model, weights)
+            optimizer.load_state_dict(torch.load(Path(folder) / f"optim-rank{rank}.pt"))
         _say(rank, f"resumed from the checkpoint at step {step}")
     if base_metrics is None:
         base_metrics = _evaluate(forward, eval_shard, ds["micro_batch"])
@@ -201,10 +201,37 @@ def train_lora_worker(config: dict) -> None:
                 ray.train.report(
                     metrics,
                     checkpoint=Checkpoint.from_directory(folder),
-                    checkpoint_dir_name=f"step-{step:06d}",
+                    checkpoint_dir_name=checkpoint_name(step),
                 )
+            # Every rank's part is uploaded once its report returns: after a barrier, mark
+            # the folder complete. A restart trusts only marked folders.
+            if dist.is_initialized():
+                dist.barrier()
+            if rank == 0:
+                mark_complete(Path(config["run_dir"]) / checkpoint_name(step), step, world)
         elif "eval_loss" in metrics:
             ray.train.report(metrics)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def mark_complete(folder: Path, step: int, world: int) -> None:
+    marker = folder / COMPLETE
+    partial = marker.with_suffix(".partial")
+    partial.write_text(json.dumps({"step": step, "world": world}))
+    partial.rename(marker)  # atomic: a marker is whole or absent
+
+
+def latest_complete_checkpoint(run_dir: Path, registered) -> Path | None:
+    """The newest checkpoint to resume from: the one Ray Train registered, or a newer
+    folder every rank finished (Ray's controller can die before it registers one). Folders
+    without the completion marker are partial and never used."""
+    candidates = [p.parent for p in run_dir.glob(f"step-*/{COMPLETE}")]
+    if registered is not None:
+        candidates.append(Path(registered.path))
+    return max(candidates, key=lambda c: c.name, default=None)
 
 
 def _save(folder, rank, step, base_metrics, model, engine, optimizer) -> None:

@@ -140,11 +140,7 @@ def train_stages(
             continue
         eval_loss = _evaluate(schedule, stage, eval_examples, settings.batch_size, device)
         steps_since = (step - 1) % training.eval_every + 1
-        values = torch.tensor([*pending, eval_loss] if stage.last else [0.0] * (steps_since + 1))
-        values = values.to(device, torch.float64)
-        # Only the last stage sees the loss; every rank reports the same numbers.
-        dist.broadcast(values, src=world - 1)
-        losses, eval_loss = values[:-1].tolist(), values[-1].item()
+        *losses, eval_loss = _from_last_stage([*pending, eval_loss], steps_since + 1, device)
         report(
             {
                 "step": step,
@@ -289,6 +285,18 @@ def _run(schedule, stage: Stage, ids, labels, tokens: int, *, train: bool = True
         kwargs = {"target": labels, "losses": losses, "loss_kwargs": {"tokens": tokens}}
     (schedule.step if train else schedule.eval)(*args, **kwargs)
     return float(sum(loss.item() for loss in losses)) if stage.last else math.nan
+
+
+def _from_last_stage(values: list[float], count: int, device) -> list[float]:
+    """The last stage's `count` values on every rank: only it sees the losses, and every
+    rank reports the same metrics."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    last = dist.get_rank() == world - 1
+    shared = torch.tensor(values if last else [0.0] * count, dtype=torch.float64, device=device)
+    dist.broadcast(shared, src=world - 1)
+    return shared.tolist()
 
 
 def _evaluate(schedule, stage: Stage, examples: list[Example], batch_size: int, device) -> float:

@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
     outcome = {
         "kind": spec.kind,
         "base_model": spec.model,
-        "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)},
+        "metrics": _plain(result.metrics or {}),
         "checkpoint": checkpoint,
         "adapter": f"{checkpoint}/adapter" if checkpoint and spec.kind == "lora" else None,
         "spec_hash": spec_hash(spec.model_dump(mode="json")),
@@ -105,6 +105,18 @@ def main(argv: list[str]) -> int:
     (run_dir / "result.json").write_text(json.dumps(outcome, indent=2))
     print(f"training finished: {json.dumps(outcome['metrics'])}", flush=True)
     return 0
+
+
+def _plain(metrics: dict) -> dict:
+    """The JSON-safe part of Ray Train's last report (placement lists included)."""
+    out = {}
+    for key, value in metrics.items():
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        out[key] = value
+    return out
 
 
 if __name__ == "__main__":

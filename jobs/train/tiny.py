@@ -39,6 +39,10 @@ def tiny_config(architecture: str, vocab_size: int, *, layers: int = 4, width: i
             n_layer=layers,
             n_head=4,
             tie_word_embeddings=False,  # pipeline stages own the head separately
+            # No dropout: runs split differently (pipeline vs one process) stay comparable.
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
             pad_token_id=0,
             eos_token_id=2,
             bos_token_id=2,
