@@ -88,6 +88,7 @@ class JobsService:
         )
         out: dict = {"escrow": _money(spec.escrow_micros), "max_duration_s": spec.max_duration}
         if isinstance(decision, Match):
+            vram = {a.seller_id: a.vram_gb for a in asks}
             per_hour = decision.price_per_hour_micros
             out |= {
                 "matched": True,
@@ -96,6 +97,7 @@ class JobsService:
                 "sellers": [
                     {
                         "seller_id": a.seller_id,
+                        "vram_gb": vram[a.seller_id],
                         "gpus": a.gpus,
                         "ask_per_gpu_hour": _money(a.ask_micros),
                         "price_per_gpu_hour": _money(a.price_micros),
@@ -161,6 +163,8 @@ class JobsService:
                 "cost": None,
                 "model_version": None,
             }
+            if job.kind in ("lora", "pipeline") and job.upload_path:
+                out["training"] = training_jobs.progress(db, job, self.c.storage_root)
             version = training_jobs.version_of(db, job.id)
             if version is not None:
                 out["model_version"] = f"{version.name}@{version.version}"

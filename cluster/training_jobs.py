@@ -17,7 +17,7 @@ from pathlib import Path
 
 from computeswarm.cluster import model_registry
 from computeswarm.cluster.store.models import Job, ModelVersion
-from computeswarm.jobs.spec import LoraJob, PipelineJob
+from computeswarm.jobs.spec import LoraJob, PipelineJob, job_from_record
 from computeswarm.jobs.train.runs import file_hash, run_name, spec_hash
 
 log = logging.getLogger("computeswarm.training")
@@ -84,6 +84,57 @@ def register_result(db, job: Job, storage: Path, models_root: Path, now: float) 
     )
     db.flush()
     return model_registry.view(version)
+
+
+def progress(db, job: Job, storage: Path) -> dict:
+    """What a buyer sees of a training job: the last steps' losses, the final metrics and,
+    for a pipeline, the planned stage split over the lease's sellers."""
+    spec = job_from_record(job.spec)
+    out: dict = {"steps": spec.training.steps, "step": 0, "recent_losses": [], "metrics": None}
+    try:
+        folder = run_dir(storage, job, spec)
+    except OSError:
+        return out
+    steps = folder / "steps.log"
+    if steps.exists():
+        lines = steps.read_text().splitlines()[-5:]
+        out["recent_losses"] = [float(line.split()[1]) for line in lines if len(line.split()) == 2]
+        out["step"] = int(lines[-1].split()[0]) if lines else 0
+    if (folder / "result.json").exists():
+        out["metrics"] = json.loads((folder / "result.json").read_text())["metrics"]
+    if isinstance(spec, PipelineJob) and job.lease_id:
+        out["stages"] = pipeline_split(db, job, spec)
+    return out
+
+
+def pipeline_split(db, job: Job, spec: PipelineJob) -> list[dict] | None:
+    from sqlalchemy import select
+
+    from computeswarm.cluster.store.models import LeaseMember, Seller
+    from computeswarm.jobs.train.pipeline_plan import split_table
+
+    config_path = Path(job.upload_path) / spec.model / "config.json"
+    if not config_path.exists():
+        return None
+    members = db.scalars(
+        select(LeaseMember)
+        .where(LeaseMember.lease_id == job.lease_id, LeaseMember.state != "dropped")
+        .order_by(LeaseMember.id)
+    ).all()
+    sellers = []
+    for member in members:
+        gpus = db.get(Seller, member.seller_id).gpus or [{}]
+        sellers.append((member.seller_id, float(min(g.get("vram_gb", 0) for g in gpus))))
+    if len(sellers) != spec.num_stages:
+        return None
+    return split_table(
+        json.loads(config_path.read_text()),
+        sellers,
+        seq_len=spec.training.max_seq_len,
+        batch_size=spec.pipeline.batch_size,
+        micro_batches=spec.pipeline.micro_batches,
+        schedule=spec.pipeline.schedule,
+    )
 
 
 def version_of(db, job_id: str) -> ModelVersion | None:

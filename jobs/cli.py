@@ -120,6 +120,24 @@ def jobs_status(
                 f"    {m['seller_id']}: {m['gpus']} GPU(s) at {m['price_per_gpu_hour']}"
                 f"/GPU-h, {m['state']}{' (driver)' if m['driver'] else ''}"
             )
+    training = job.get("training")
+    if training:
+        losses = ", ".join(f"{x:.3f}" for x in training["recent_losses"])
+        typer.echo(f"  training: step {training['step']}/{training['steps']}, recent loss {losses}")
+        for stage in training.get("stages") or []:
+            typer.echo(
+                f"    stage {stage['stage']} on {stage['seller_id']}: layers {stage['layers']}, "
+                f"{stage['params']:,} params, ~{stage['memory_gb']:.3f} GB of {stage['vram_gb']:g}"
+            )
+        metrics = training.get("metrics") or {}
+        if "eval_loss" in metrics:
+            base = metrics.get("base_eval_loss")
+            typer.echo(
+                f"  eval loss {metrics['eval_loss']:.4f}"
+                + (f" (base model {base:.4f})" if base is not None else "")
+            )
+    if job.get("model_version"):
+        typer.echo(f"  model version: {job['model_version']}")
     if job["cost"]:
         typer.echo(f"  cost: {job['cost']}")
 
@@ -159,8 +177,10 @@ def market_quote(
     as_json: bool = JSON,
 ) -> None:
     """The sellers, price and estimated cost the market would choose now."""
-    spec, _ = _load_spec(spec_file, template, sets, base)
+    spec, working_dir = _load_spec(spec_file, template, sets, base)
     quote = _client(coordinator, api_key).quote(spec.model_dump(mode="json"), explain)
+    if quote["matched"] and spec.kind == "pipeline" and working_dir is not None:
+        quote["stages"] = _pipeline_split(spec, working_dir, quote["sellers"])
     if as_json:
         typer.echo(json.dumps(quote))
         return
@@ -174,10 +194,33 @@ def market_quote(
                 f"  {s['seller_id']}: {s['gpus']} GPU(s), ask {s['ask_per_gpu_hour']}, "
                 f"you pay {s['price_per_gpu_hour']} per GPU-h"
             )
+        for stage in quote.get("stages") or []:
+            typer.echo(
+                f"  stage {stage['stage']} on {stage['seller_id']} ({stage['vram_gb']:g} GB): "
+                f"layers {stage['layers']}, {stage['params']:,} params, "
+                f"~{stage['memory_gb']:.3f} GB{'' if stage['fits'] else ' (does NOT fit)'}"
+            )
     else:
         typer.echo(f"no match now: {quote['reason']}")
     for seller, reason in quote.get("rejected", {}).items():
         typer.echo(f"  not {seller}: {reason}")
+
+
+def _pipeline_split(spec, working_dir: Path, sellers: list[dict]) -> list[dict] | None:
+    """Which layers each matched seller would hold, from the model's config.json."""
+    from computeswarm.jobs.train.pipeline_plan import split_table
+
+    config = working_dir / spec.model / "config.json"
+    if not config.exists():
+        return None
+    return split_table(
+        json.loads(config.read_text()),
+        [(s["seller_id"], float(s["vram_gb"])) for s in sellers],
+        seq_len=spec.training.max_seq_len,
+        batch_size=spec.pipeline.batch_size,
+        micro_batches=spec.pipeline.micro_batches,
+        schedule=spec.pipeline.schedule,
+    )
 
 
 def ledger(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,10 +42,26 @@ def train_pipeline_worker(config: dict) -> None:
         context.get_world_size(),
         config,
         ray.train.report,
-        device=ray.train.torch.get_device(),
+        # A simulated seller's "GPU" is a Ray resource, not a CUDA device.
+        device=ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu"),
         node_ip=ray.util.get_node_ip_address(),
         memory_gb=node_memory_gb(),
+        final_report=_report_with_stage,
     )
+
+
+def _report_with_stage(metrics: dict, stage: nn.Module) -> None:
+    """Each rank saves its stage's weights into the run's final checkpoint."""
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(stage.state_dict(), Path(folder) / f"stage-{rank}.pt")
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(folder),
+            checkpoint_dir_name="final",
+        )
 
 
 def node_memory_gb() -> float:
@@ -71,6 +88,7 @@ def train_stages(
     device: torch.device | None = None,
     node_ip: str = "127.0.0.1",
     memory_gb: float = 1.0,
+    final_report: Callable[[dict, nn.Module], None] | None = None,
 ) -> None:
     """Train stage `rank` of a `world`-stage pipeline in the initialised default process group.
 
@@ -141,15 +159,17 @@ def train_stages(
         eval_loss = _evaluate(schedule, stage, eval_examples, settings.batch_size, device)
         steps_since = (step - 1) % training.eval_every + 1
         *losses, eval_loss = _from_last_stage([*pending, eval_loss], steps_since + 1, device)
-        report(
-            {
-                "step": step,
-                "loss": losses[-1],
-                "losses": losses,
-                "eval_loss": eval_loss,
-                "placement": placement,
-            }
-        )
+        metrics = {
+            "step": step,
+            "loss": losses[-1],
+            "losses": losses,
+            "eval_loss": eval_loss,
+            "placement": placement,
+        }
+        if step == training.steps and final_report is not None:
+            final_report(metrics, stage)  # the last report carries the trained stages
+        else:
+            report(metrics)
         pending = []
 
 

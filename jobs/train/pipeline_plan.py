@@ -193,3 +193,36 @@ def _llama_counts(config: dict) -> ParamCounts:
         intermediate=inner,
         vocab=vocab,
     )
+
+
+def split_table(
+    config: dict,
+    sellers: list[tuple[str, float]],
+    *,
+    seq_len: int,
+    batch_size: int,
+    micro_batches: int,
+    schedule: str,
+) -> list[dict]:
+    """The split as a buyer sees it before training: per stage, its seller, layers,
+    parameters and memory estimate. `sellers` are (seller id, GPU memory GB) in stage order."""
+    estimates = stage_estimates(
+        config,
+        [vram for _, vram in sellers],
+        seq_len=seq_len,
+        batch_size=batch_size,
+        micro_batches=micro_batches,
+        schedule=schedule,
+    )
+    return [
+        {
+            "stage": e.stage,
+            "seller_id": seller,
+            "vram_gb": vram,
+            "layers": f"{e.layers.start}-{e.layers.stop - 1}",
+            "params": e.params,
+            "memory_gb": round(e.memory_gb, 4),
+            "fits": e.fits,
+        }
+        for e, (seller, vram) in zip(estimates, sellers, strict=True)
+    ]

@@ -177,3 +177,40 @@ def _runs(swarm, name: str) -> Path | None:
 def _steps_done(folder: Path) -> int:
     log = folder / "steps.log"
     return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_a_pipeline_job_runs_one_stage_per_seller_and_matches_a_single_process(swarm, tmp_path):
+    from computeswarm.jobs.train.pipeline import reference_losses
+
+    folder = tmp_path / "pipe"
+    make_tiny_model(folder / "model", "llama")
+    synthetic_addition(folder / "data.jsonl", n=300)
+    _until(lambda: sum(s["state"] == "online" for s in swarm.admin.sellers()) >= 2, "online")
+    spec = lora("piper", 8) | {"kind": "pipeline"}
+    del spec["deepspeed"]
+    spec["training"] |= {"eval_every": 4}
+    spec["pipeline"] = {"micro_batches": 4, "batch_size": 8}
+    submitted = swarm.buyer.submit_job(spec, pack_working_dir(folder, 2**22))
+    running = _until(lambda: _state(swarm, submitted["id"], "running"), "running", 200)
+    stages = swarm.buyer.job(submitted["id"])["training"]["stages"]
+    members = {m["seller_id"] for m in running["lease"]["members"]}
+    assert {s["seller_id"] for s in stages} == members and len(stages) == 2
+    assert [s["layers"] for s in stages] == ["0-1", "2-3"]  # equal VRAM: an even split
+
+    done = _until(lambda: _state(swarm, submitted["id"], "succeeded", "failed"), "end", 400)
+    logs = swarm.buyer.job_logs(submitted["id"])["text"]
+    assert done["state"] == "succeeded", (done, logs[-3000:])
+    result = json.loads((run_folder(swarm, submitted["id"]) / "result.json").read_text())
+    placement = result["metrics"]["placement"]
+    addresses = {s["id"]: s["address"] for s in swarm.admin.sellers()}
+    from computeswarm.tunnel.backends.none import loopback_address
+
+    assert {p["node_ip"] for p in placement} == {loopback_address(addresses[m]) for m in members}, (
+        placement
+    )
+    losses = {int(n): float(x) for n, x in re.findall(r"step (\d+) loss ([0-9.]+)", logs)}
+    training = spec["training"] | {"eval_fraction": 0.1, "seed": 0}
+    expected = reference_losses(folder / "model", folder / "data.jsonl", training, 8, 5)
+    # Same model, data and optimizer split over two sellers: the same losses to 1e-4.
+    for step, want in enumerate(expected, 1):
+        assert losses[step] == pytest.approx(want, rel=1e-4), (step, losses, expected)
