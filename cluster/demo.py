@@ -1,22 +1,47 @@
-"""The README's main job: a local swarm, a real job on two simulated sellers, the bill.
+"""The README's main job: a local swarm, a LoRA fine-tune on two simulated sellers, the
+loss falling, the bill and the registered model version.
 
-`computeswarm up --local`, then the example from configs/ (quoted, submitted, its logs
-followed), then who paid and who earned what, then `down --local` - always, even when a
-step fails or is interrupted.
+`computeswarm up --local`; a tiny GPT-2 built from a config and a synthetic addition task
+(nothing can be downloaded); the `lora-finetune` template rendered into a job, quoted,
+submitted and followed; who paid and earned what; the adapter's model version; then
+`down --local` - always, even when a step fails or is interrupted.
 """
 
 from __future__ import annotations
 
+import re
+import tempfile
 import time
 from pathlib import Path
 
-import computeswarm.configs
 from computeswarm.cluster import local_swarm
 from computeswarm.cluster.client import CoordinatorClient
-from computeswarm.jobs.spec import load_job_spec
+from computeswarm.jobs.templates import render_job_spec
 from computeswarm.jobs.upload import pack_working_dir
 
-EXAMPLE = Path(computeswarm.configs.__file__).parent / "examples" / "hello-swarm" / "job.yaml"
+TEMPLATE = "lora-finetune"
+SETTINGS = {
+    "name": "adder",
+    "gpus": "RTX4090:24GB:2",
+    "nodes": "2",
+    "steps": "60",
+    "learning_rate": "0.003",
+    "max_seq_len": "16",
+    "checkpoint_every": "20",
+    "memory_gb": "1.5",
+    "max_duration": "20m",
+    "budget": "0.50",
+}
+_STEP = re.compile(r"step (\d+) (loss|eval_loss) ([0-9.]+)")
+
+
+def prepare(folder: Path) -> None:
+    """A model and a dataset the job can load: random weights, a learnable signal."""
+    from computeswarm.jobs.train.data import synthetic_addition
+    from computeswarm.jobs.train.tiny import make_tiny_model
+
+    make_tiny_model(folder / "model", "gpt2")
+    synthetic_addition(folder / "data.jsonl", n=800)
 
 
 def run_demo(sellers: int = 2, say=print) -> int:
@@ -30,41 +55,67 @@ def run_demo(sellers: int = 2, say=print) -> int:
         swarm = local_swarm.up(sellers, "RTX4090:24GB:1", "0.40", "100", say=say)
         say(f"   up in {time.monotonic() - started:.0f} s; coordinator {swarm.coordinator}")
         buyer = CoordinatorClient(swarm.coordinator, swarm.buyer_key, timeout=60)
-        spec, working_dir = load_job_spec(EXAMPLE)
 
-        say(f"\n== 2. what the market would do with {EXAMPLE.name} ({spec.name}) ==")
+        say("\n== 2. a job: LoRA on a tiny GPT-2 (built from a config) learning addition ==")
+        folder = Path(tempfile.mkdtemp(prefix="computeswarm-demo-"))
+        prepare(folder)
+        sets = " ".join(f"{k}={v}" for k, v in SETTINGS.items())
+        say(f"   computeswarm templates render {TEMPLATE} --set {sets}")
+        spec, working_dir = render_job_spec(TEMPLATE, SETTINGS, folder)
         quote = buyer.quote(spec.model_dump(mode="json"), explain=True)
         for s in quote.get("sellers", []):
             say(
                 f"   {s['seller_id']}: ask {s['ask_per_gpu_hour']} + fee = "
                 f"{s['price_per_gpu_hour']} per GPU-hour"
             )
-        say(
-            f"   at most {quote.get('estimated_cost')} for the whole max_duration; "
-            f"escrow {quote['escrow']}"
-        )
+        say(f"   at most {quote.get('estimated_cost')}; escrow {quote['escrow']}")
 
-        say("\n== 3. submit it and follow its logs ==")
+        say("\n== 3. submit it: Ray Train + DeepSpeed ZeRO-2 + PEFT across both sellers ==")
         job = buyer.submit_job(
             spec.model_dump(mode="json"), pack_working_dir(working_dir, 16 * 2**20)
         )
         state = _follow(buyer, job["id"], say)
 
+        job = buyer.job(job["id"])
+        metrics = (job.get("training") or {}).get("metrics") or {}
+        if metrics:
+            say(
+                f"   held-out loss {metrics['base_eval_loss']:.3f} -> {metrics['eval_loss']:.3f}, "
+                f"next-token accuracy {metrics['base_token_accuracy']:.2f} -> "
+                f"{metrics['token_accuracy']:.2f}"
+            )
         say("\n== 4. the bill ==")
-        _bill(swarm, buyer.job(job["id"]), say)
-        return 0 if state == "succeeded" else 1
+        _bill(swarm, job, say)
+
+        say("\n== 5. the adapter, registered as a model version ==")
+        version = _registered(buyer, job["id"])
+        if version:
+            say(
+                f"   {version['name']}@{version['version']}: base {version['base_model']}, "
+                f"from checkpoint {Path(version['checkpoint']).name}, "
+                f"{version['size_bytes']:,} bytes"
+            )
+            say(f"   computeswarm models download {version['name']}@{version['version']} --to DIR")
+        return 0 if state == "succeeded" and version else 1
     finally:
-        say("\n== 5. tear down ==")
+        say("\n== 6. tear down ==")
         local_swarm.down(say=say)
 
 
 def _follow(buyer: CoordinatorClient, job_id: str, say) -> str:
-    offset, seen_reason = 0, None
+    """Show every 10th step's loss and each evaluation, as the driver logs them."""
+    offset, seen, seen_reason = 0, set(), None
     while True:
         chunk = buyer.job_logs(job_id, offset)
         for line in chunk["text"].splitlines():
-            if "\tINFO " not in line:  # Ray's own chatter stays out of the demo
-                say(f"   | {line}")
+            found = _STEP.search(line)
+            if found and found.groups() not in seen:
+                seen.add(found.groups())
+                step, what, value = found.groups()
+                if what == "eval_loss" or int(step) % 10 == 0 or step == "1":
+                    say(f"   step {step:>3} {what:<9} {float(value):.4f}")
+            elif "resumed from" in line or "TrainingFailedError" in line:
+                say(f"   | {line.strip()}")
         offset = chunk["offset"]
         if chunk["done"]:
             break
@@ -72,10 +123,21 @@ def _follow(buyer: CoordinatorClient, job_id: str, say) -> str:
         if job["state"] != "running" and job["reason"] and job["reason"] != seen_reason:
             say(f"   [{job['state']}] {job['reason']}")
             seen_reason = job["reason"]
-        time.sleep(0.5)
+        time.sleep(1.0)
     job = buyer.job(job_id)
     say(f"   [{job['state']}] {job['reason']}".rstrip())
     return job["state"]
+
+
+def _registered(buyer: CoordinatorClient, job_id: str) -> dict | None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ref = buyer.job(job_id).get("model_version")
+        if ref:
+            name, version = ref.split("@")
+            return buyer.model_version(name, int(version))
+        time.sleep(0.5)
+    return None
 
 
 def _bill(swarm, job: dict, say) -> None:

@@ -19,6 +19,7 @@ from computeswarm.cluster.gpus import Gpu
 from computeswarm.cluster.ray_nodes import (
     PortBlock,
     node_env,
+    seller_node_env,
     session_pids,
     start_node,
     stop_session,
@@ -106,7 +107,7 @@ class LeaseWorkers:
         )
         log_path = lease_dir / "worker.log"
         log_path.unlink(missing_ok=True)
-        process = start_node(argv, node_env(token), log_path)
+        process = start_node(argv, {**node_env(token), **seller_node_env(self.ip)}, log_path)
         self.nodes[a["lease_id"]] = (process, log_path)
         self._temp_dirs[a["lease_id"]] = _temp_dir(a["lease_id"], a["port_base"])
         self._save()

@@ -129,6 +129,34 @@ def node_env(token_path: Path) -> dict[str, str]:
     }
 
 
+def seller_node_env(ip: str) -> dict[str, str]:
+    """What a seller's node tells everything it runs about its network.
+
+    gloo/NCCL are pinned to the interface holding the overlay address: left alone they
+    advertise whatever the host name resolves to (127.0.0.1 in a namespace). And
+    `COMPUTESWARM_NODE_IP` lets a driver attach to its own node: Ray finds "local" raylets
+    with `ps`, which on a one-machine testbed also shows the head's, and prefers that one.
+    """
+    out = {"COMPUTESWARM_NODE_IP": ip}
+    interface = interface_of(ip)
+    if interface is not None:
+        out |= {"GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": interface}
+    return out
+
+
+def interface_of(ip: str) -> str | None:
+    """The network interface (in this namespace) that has address `ip`."""
+    done = subprocess.run(
+        ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False
+    )
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        # "3: cs0    inet 10.90.0.2/32 scope global cs0 ..."
+        if len(fields) > 3 and fields[2] == "inet" and fields[3].split("/")[0] == ip:
+            return fields[1].split("@")[0]
+    return None
+
+
 def start_node(
     argv: list[str], env: dict[str, str], log: Path, netns: str | None = None
 ) -> subprocess.Popen:

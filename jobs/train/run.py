@@ -76,6 +76,11 @@ def main(argv: list[str]) -> int:
         from computeswarm.jobs.train.lora import train_lora_worker as loop
     else:
         from computeswarm.jobs.train.pipeline import train_pipeline_worker as loop
+    import ray
+
+    # Attach to this seller's own node (see cluster.ray_nodes.seller_node_env).
+    if not ray.is_initialized():
+        ray.init(_node_ip_address=os.environ.get("COMPUTESWARM_NODE_IP"))
     cuda = torch.cuda.is_available()
     trainer = TorchTrainer(
         loop,
