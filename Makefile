@@ -27,6 +27,7 @@ bench: setup
 	$(VENV)/python -m computeswarm.tests.bench.heartbeats
 	$(VENV)/python -m computeswarm.tests.bench.market
 	$(VENV)/python -m computeswarm.tests.bench.lease_latency
+	$(VENV)/python -m computeswarm.tests.bench.training
 
 clean:
 	$(VENV)/computeswarm testbed clean

@@ -154,6 +154,9 @@ def train_stages(
         if stage.last:
             pending.append(loss)
             print(f"step {step} loss {loss:.6f}", flush=True)
+            if config.get("run_dir"):  # the buyer's progress view reads this file
+                with open(Path(config["run_dir"]) / "steps.log", "a") as f:
+                    f.write(f"{step} {loss:.8f}\n")
         if step % training.eval_every and step != training.steps:
             continue
         eval_loss = _evaluate(schedule, stage, eval_examples, settings.batch_size, device)

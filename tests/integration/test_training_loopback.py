@@ -101,7 +101,9 @@ def run_folder(swarm, job_id: str) -> Path:
 
 
 def test_a_lora_job_learns_registers_its_adapter_and_it_loads_in_peft(swarm, workdir, tmp_path):
-    submitted = swarm.buyer.submit_job(lora("adder", 30), pack_working_dir(workdir, 2**22))
+    # Low-bandwidth mode: each seller trains alone, adapters are averaged every 5 steps.
+    spec = lora("adder", 30, low_bandwidth={"sync_every": 5})
+    submitted = swarm.buyer.submit_job(spec, pack_working_dir(workdir, 2**22))
     done = _until(lambda: _state(swarm, submitted["id"], "succeeded", "failed"), "end", 400)
     assert done["state"] == "succeeded", (done, swarm.buyer.job_logs(submitted["id"])["text"])
     assert {m["seller_id"] for m in done["lease"]["members"]} == {
@@ -113,6 +115,9 @@ def test_a_lora_job_learns_registers_its_adapter_and_it_loads_in_peft(swarm, wor
     # The base's loss on the held-out sums is ~ln(vocab); the adapter must beat it clearly.
     assert metrics["eval_loss"] < metrics["base_eval_loss"] - 0.3, metrics
     assert metrics["token_accuracy"] > metrics["base_token_accuracy"] + 0.1, metrics
+    adapter_bytes = sum(f.stat().st_size for f in Path(result["adapter"]).glob("*.safetensors"))
+    # A ring all-reduce of the fp32 adapter between 2 workers, once every 5 steps.
+    assert metrics["sync_bytes_per_step"] == pytest.approx(adapter_bytes / 5, rel=0.05)
 
     job = _until(lambda: (j := swarm.buyer.job(submitted["id"]))["model_version"] and j, "model")
     assert job["model_version"] == "adder@1"
@@ -208,7 +213,8 @@ def test_a_pipeline_job_runs_one_stage_per_seller_and_matches_a_single_process(s
     assert {p["node_ip"] for p in placement} == {loopback_address(addresses[m]) for m in members}, (
         placement
     )
-    losses = {int(n): float(x) for n, x in re.findall(r"step (\d+) loss ([0-9.]+)", logs)}
+    steps_log = (run_folder(swarm, submitted["id"]) / "steps.log").read_text().split()
+    losses = {int(n): float(x) for n, x in zip(steps_log[::2], steps_log[1::2], strict=True)}
     training = spec["training"] | {"eval_fraction": 0.1, "seed": 0}
     expected = reference_losses(folder / "model", folder / "data.jsonl", training, 8, 5)
     # Same model, data and optimizer split over two sellers: the same losses to 1e-4.
