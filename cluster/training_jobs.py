@@ -22,6 +22,7 @@ from computeswarm.jobs.train.runs import file_hash, run_name, spec_hash
 
 log = logging.getLogger("computeswarm.training")
 SPEC_FILE = "computeswarm-job.json"
+RUN_FILE = "computeswarm-run-dir"  # in the job's upload: the run folder it started in
 ENTRYPOINT = f"python -m computeswarm.jobs.train.run {SPEC_FILE}"
 
 
@@ -32,15 +33,31 @@ class RayJob:
 
 
 def run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob) -> Path:
+    """The job's run folder: the one chosen when it started, else the one it would get."""
+    chosen = Path(job.upload_path) / RUN_FILE
+    if chosen.exists():
+        return Path(chosen.read_text().strip())
     data = file_hash(Path(job.upload_path) / spec.dataset)
     return storage / job.account_id / "runs" / run_name(job.name, spec_hash(job.spec), data)
 
 
+def choose_run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob) -> Path:
+    """Same spec and data as an unfinished run: that folder, so training resumes from its
+    latest complete checkpoint. As a finished one: a fresh attempt folder (-r2, -r3...)."""
+    base = run_dir(storage, job, spec)
+    folder, attempt = base, 1
+    while (folder / "result.json").exists():
+        attempt += 1
+        folder = base.with_name(f"{base.name}-r{attempt}")
+    if (folder / "steps.log").exists():
+        log.info("job %s: resuming the unfinished run %s", job.id, folder.name)
+    (Path(job.upload_path) / RUN_FILE).write_text(str(folder))
+    return folder
+
+
 def render(db, job: Job, spec: LoraJob | PipelineJob, storage: Path) -> RayJob:
     """The entrypoint and environment of a training job's driver."""
-    folder = run_dir(storage, job, spec)
-    if (folder / "result.json").exists():
-        log.info("job %s: run %s already finished; its checkpoint is reused", job.id, folder.name)
+    folder = choose_run_dir(storage, job, spec)
     (Path(job.upload_path) / SPEC_FILE).write_text(json.dumps(job.spec))
     # Ray Train's controller collects reports (and so registers checkpoints) at this pace;
     # its default leaves a fresh checkpoint unregistered for seconds.
@@ -90,7 +107,8 @@ def progress(db, job: Job, storage: Path) -> dict:
     """What a buyer sees of a training job: the last steps' losses, the final metrics and,
     for a pipeline, the planned stage split over the lease's sellers."""
     spec = job_from_record(job.spec)
-    out: dict = {"steps": spec.training.steps, "step": 0, "recent_losses": [], "metrics": None}
+    steps = spec.training.steps if spec.training.epochs is None else None  # known at start
+    out: dict = {"steps": steps, "step": 0, "recent_losses": [], "metrics": None}
     try:
         folder = run_dir(storage, job, spec)
     except OSError:

@@ -123,7 +123,9 @@ def jobs_status(
     training = job.get("training")
     if training:
         losses = ", ".join(f"{x:.3f}" for x in training["recent_losses"])
-        typer.echo(f"  training: step {training['step']}/{training['steps']}, recent loss {losses}")
+        typer.echo(
+            f"  training: step {training['step']}/{training['steps'] or '?'}, recent loss {losses}"
+        )
         for stage in training.get("stages") or []:
             typer.echo(
                 f"    stage {stage['stage']} on {stage['seller_id']}: layers {stage['layers']}, "

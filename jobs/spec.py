@@ -199,6 +199,9 @@ class LowBandwidth(StrictModel):
 
 class Training(StrictModel):
     steps: int = Field(100, ge=1, le=1_000_000, description="Optimizer steps in all.")
+    epochs: float | None = Field(
+        None, gt=0, le=100_000, description="Passes over the training split; overrides steps."
+    )
     learning_rate: float = Field(1e-3, gt=0, le=10)
     max_seq_len: int = Field(64, ge=4, le=32768, description="Tokens per sample (padded/cut).")
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of the data held out.")
@@ -314,6 +317,8 @@ class PipelineJob(_TrainingJob):
 
     @model_validator(mode="after")
     def _stages_fit(self) -> PipelineJob:
+        if self.training.epochs is not None:
+            raise ValueError("pipeline jobs count training.steps; training.epochs is for lora")
         nodes = self.resources.nodes
         if self.pipeline.stages is not None and self.pipeline.stages > nodes:
             raise ValueError(

@@ -15,6 +15,7 @@ run continues the same data order and never redoes a checkpointed step.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -53,6 +54,15 @@ def deepspeed_config(ds: dict, learning_rate: float, cuda: bool) -> dict:
 def sync_bytes_per_step(trainable_bytes: int, world: int, sync_every: int | None) -> float:
     """Bytes each worker sends per optimizer step: every step (full sync) or every H."""
     return ring_allreduce_bytes(trainable_bytes, world) / (sync_every or 1)
+
+
+def total_steps(training: dict, train_size: int, world: int, size: int, accumulation: int) -> int:
+    """`steps`, or enough optimizer steps for `epochs` passes over the training split (the
+    same number on every rank: it depends on the whole split, not a rank's shard)."""
+    if not training.get("epochs"):
+        return training["steps"]
+    per_step = world * size * accumulation
+    return max(1, math.ceil(training["epochs"] * train_size / per_step))
 
 
 def micro_batch(shard: list, step: int, micro: int, accumulation: int, size: int) -> list:
@@ -149,7 +159,9 @@ def train_lora_worker(config: dict) -> None:
     sync_every = local["sync_every"] if local else None
     per_step = sync_bytes_per_step(trainable_bytes, world, sync_every)
     accumulation, size = ds["gradient_accumulation"], ds["micro_batch"]
-    while step < training["steps"]:
+    steps = total_steps(training, len(train_records), world, size, accumulation)
+    _say(rank, f"training {steps} steps on {world} workers")
+    while step < steps:
         started = time.perf_counter()
         losses = []
         for micro in range(accumulation):
@@ -181,7 +193,7 @@ def train_lora_worker(config: dict) -> None:
             "sync_bytes_per_step": per_step,
             **_base(base_metrics),
         }
-        last = step == training["steps"]
+        last = step == steps
         if step % training["eval_every"] == 0 or last:
             metrics.update(_evaluate(forward, eval_shard, size))
             if rank == 0:

@@ -143,6 +143,27 @@ def test_a_lora_job_learns_registers_its_adapter_and_it_loads_in_peft(swarm, wor
     assert "step 30 loss" in logs and "training finished" in logs
 
 
+def test_a_later_job_starts_from_a_registered_version(swarm, workdir):
+    first = swarm.buyer.model_version("adder", 1)  # from the test above
+    with pytest.raises(Exception, match="no version 9"):
+        swarm.buyer.submit_job(
+            lora("adder", 5, init_adapter="adder@9"), pack_working_dir(workdir, 2**22)
+        )
+    spec = lora("adder", 5, init_adapter="adder@1")
+    submitted = swarm.buyer.submit_job(spec, pack_working_dir(workdir, 2**22))
+    done = _until(lambda: _state(swarm, submitted["id"], "succeeded", "failed"), "end", 400)
+    assert done["state"] == "succeeded", swarm.buyer.job_logs(submitted["id"])["text"][-3000:]
+    second = _until(
+        lambda: (j := swarm.buyer.job(submitted["id"]))["model_version"] and j, "registered"
+    )
+    assert second["model_version"] == "adder@2"
+    version = swarm.buyer.model_version("adder", 2)
+    assert version["parent"] == first["id"]
+    # It started where version 1 ended: its "base" is version 1's held-out loss.
+    metrics = version["metrics"]
+    assert metrics["base_eval_loss"] == pytest.approx(first["metrics"]["eval_loss"], rel=1e-3)
+
+
 def test_a_killed_seller_is_replaced_and_training_resumes_from_the_last_checkpoint(swarm, workdir):
     _until(lambda: sum(s["state"] == "online" for s in swarm.admin.sellers()) == 3, "online")
     spec = lora("resumer", 60, training=lora("x", 60)["training"] | {"checkpoint_every": 10})

@@ -164,3 +164,15 @@ def test_a_run_is_named_by_what_its_weights_depend_on():
     assert spec_hash(spec) != spec_hash(longer)
     assert run_name("t", "a", "b") == run_name("t", "a", "b") != run_name("t", "a", "c")
     assert run_name("t", "a", "b").startswith("t-")
+
+
+def test_epochs_become_the_same_step_count_on_every_rank():
+    from computeswarm.jobs.train.lora import total_steps
+
+    assert total_steps({"steps": 7, "epochs": None}, 1000, 2, 8, 1) == 7
+    # 2 passes over 1000 samples, 2 workers x 8 samples x 2 micro-steps per step.
+    assert total_steps({"steps": 7, "epochs": 2}, 1000, 2, 8, 2) == 63
+    assert total_steps({"steps": 7, "epochs": 0.001}, 10, 2, 8, 1) == 1
+    assert "training.epochs is for lora" in refused(
+        training_spec("pipeline", training={"epochs": 1})
+    )
