@@ -176,3 +176,47 @@ def test_epochs_become_the_same_step_count_on_every_rank():
     assert "training.epochs is for lora" in refused(
         training_spec("pipeline", training={"epochs": 1})
     )
+
+
+def test_market_quote_shows_the_pipeline_split_over_the_matched_sellers(tmp_path, monkeypatch):
+    from transformers import GPT2Config
+    from typer.testing import CliRunner
+
+    import computeswarm.jobs.cli as jobs_cli
+    from computeswarm.cli import app
+
+    (tmp_path / "model").mkdir()
+    config = GPT2Config(n_layer=6, n_embd=64, n_head=4, vocab_size=100, tie_word_embeddings=False)
+    (tmp_path / "model" / "config.json").write_text(config.to_json_string())
+    (tmp_path / "data.jsonl").write_text('{"text": "1+1=2"}\n')
+    spec = training_spec("pipeline", model="model", resources={"gpus": "any:2", "nodes": 2})
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(json.dumps(spec))
+
+    class Matched:
+        def quote(self, spec: dict, explain: bool) -> dict:
+            sellers = [("s-big", 24), ("s-small", 12)]
+            return {
+                "matched": True,
+                "price_per_hour": "0.8",
+                "estimated_cost": "0.8",
+                "max_duration_s": 3600,
+                "escrow": "0.8",
+                "sellers": [
+                    {
+                        "seller_id": s,
+                        "vram_gb": v,
+                        "gpus": 1,
+                        "ask_per_gpu_hour": "0.4",
+                        "price_per_gpu_hour": "0.44",
+                    }
+                    for s, v in sellers
+                ],
+            }
+
+    monkeypatch.setattr(jobs_cli, "_client", lambda *_: Matched())
+    result = CliRunner().invoke(app, ["market", "quote", str(spec_file)])
+    assert result.exit_code == 0, result.output
+    # 24 GB and 12 GB: the bigger GPU holds twice the blocks.
+    assert "stage 0 on s-big (24 GB): layers 0-3" in result.output
+    assert "stage 1 on s-small (12 GB): layers 4-5" in result.output
