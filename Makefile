@@ -1,5 +1,5 @@
 # The README's two commands are `make demo` and `make test`; both set everything up first.
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench gpu-check clean
 
 VENV := .venv/bin
 
@@ -28,6 +28,10 @@ bench: setup
 	$(VENV)/python -m computeswarm.tests.bench.market
 	$(VENV)/python -m computeswarm.tests.bench.lease_latency
 	$(VENV)/python -m computeswarm.tests.bench.training
+
+# On a machine with a GPU (not in CI): the lora workload with NCCL and bf16, step time.
+gpu-check: setup
+	$(VENV)/python -m computeswarm.tests.bench.gpu_lora
 
 clean:
 	$(VENV)/computeswarm testbed clean

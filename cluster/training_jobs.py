@@ -116,7 +116,7 @@ def progress(db, job: Job, storage: Path) -> dict:
     steps = folder / "steps.log"
     if steps.exists():
         lines = steps.read_text().splitlines()[-5:]
-        out["recent_losses"] = [float(line.split()[1]) for line in lines if len(line.split()) == 2]
+        out["recent_losses"] = [float(line.split()[1]) for line in lines if len(line.split()) > 1]
         out["step"] = int(lines[-1].split()[0]) if lines else 0
     if (folder / "result.json").exists():
         out["metrics"] = json.loads((folder / "result.json").read_text())["metrics"]

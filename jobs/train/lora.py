@@ -184,9 +184,10 @@ def train_lora_worker(config: dict) -> None:
                     p.data /= world
         mean = sum(losses) / len(losses)
         if rank == 0:
-            with open(steps_log, "a") as f:
-                f.write(f"{step} {mean:.6f}\n")
-            _say(rank, f"step {step} loss {mean:.4f} ({time.perf_counter() - started:.2f} s)")
+            elapsed = time.perf_counter() - started
+            with open(steps_log, "a") as f:  # step, loss, seconds: progress and benchmarks
+                f.write(f"{step} {mean:.6f} {elapsed:.4f}\n")
+            _say(rank, f"step {step} loss {mean:.4f} ({elapsed:.2f} s)")
         metrics = {
             "step": step,
             "loss": mean,
