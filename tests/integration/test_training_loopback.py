@@ -9,7 +9,6 @@ and the run resumes from its last checkpoint without redoing checkpointed steps.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -178,11 +177,13 @@ def test_a_killed_seller_is_replaced_and_training_resumes_from_the_last_checkpoi
     done = _until(lambda: _state(swarm, submitted["id"], "succeeded", "failed"), "end", 500)
     logs = swarm.buyer.job_logs(submitted["id"])["text"]
     assert done["state"] == "succeeded", (done, logs[-3000:])
-    resumed = [int(s) for s in re.findall(r"resumed from the checkpoint at step (\d+)", logs)]
-    assert resumed and resumed[0] >= 10, logs[-3000:]
     steps = [int(line.split()[0]) for line in (folder / "steps.log").read_text().splitlines()]
+    events = (folder / "events.log").read_text().split()
+    assert events[0] == "resumed" and len(events) == 3, events  # one restart, from a checkpoint
+    resumed = int(events[1])
+    assert resumed >= 10 and resumed % 10 == 0 and events[2] == f"step-{resumed:06d}", events
     # Every step up to the checkpoint it resumed from ran exactly once; all 60 ran.
-    assert sorted(s for s in steps if s <= resumed[0]) == list(range(1, resumed[0] + 1))
+    assert sorted(s for s in steps if s <= resumed) == list(range(1, resumed + 1))
     assert set(steps) == set(range(1, 61))
 
     billed = _settled(swarm, submitted["id"])
