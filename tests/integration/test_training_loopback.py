@@ -242,3 +242,27 @@ def test_a_pipeline_job_runs_one_stage_per_seller_and_matches_a_single_process(s
     # Same model, data and optimizer split over two sellers: the same losses to 1e-4.
     for step, want in enumerate(expected, 1):
         assert losses[step] == pytest.approx(want, rel=1e-4), (step, losses, expected)
+
+
+def test_a_cancelled_run_resubmitted_resumes_from_its_last_checkpoint(swarm, workdir):
+    _until(lambda: sum(s["state"] == "online" for s in swarm.admin.sellers()) >= 2, "online")
+    spec = lora("again", 30)
+    first = swarm.buyer.submit_job(spec, pack_working_dir(workdir, 2**22))
+    _until(lambda: _state(swarm, first["id"], "running"), "running", 200)
+    folder = _until(lambda: _runs(swarm, "again"), "the run folder", 200)
+    _until(lambda: _steps_done(folder) >= 14, "training past its first checkpoint", 300)
+    assert swarm.buyer.cancel_job(first["id"])["state"] == "cancelled"
+    _settled(swarm, first["id"])
+    assert not (folder / "result.json").exists()
+
+    # The same spec and data: the same run folder, resumed rather than started over.
+    second = swarm.buyer.submit_job(spec, pack_working_dir(workdir, 2**22))
+    done = _until(lambda: _state(swarm, second["id"], "succeeded", "failed"), "end", 400)
+    assert done["state"] == "succeeded", swarm.buyer.job_logs(second["id"])["text"][-3000:]
+    assert _runs(swarm, "again") == folder and (folder / "result.json").exists()
+    events = (folder / "events.log").read_text().split()
+    assert events[0] == "resumed" and int(events[1]) >= 10, events
+    resumed = int(events[1])
+    steps = [int(line.split()[0]) for line in (folder / "steps.log").read_text().splitlines()]
+    assert sorted(s for s in steps if s <= resumed) == list(range(1, resumed + 1))
+    assert set(steps) == set(range(1, 31))
