@@ -15,9 +15,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
+
 from computeswarm.cluster import model_registry
-from computeswarm.cluster.store.models import Job, ModelVersion
+from computeswarm.cluster.store.models import Job, LeaseMember, ModelVersion, Seller
 from computeswarm.jobs.spec import LoraJob, PipelineJob, job_from_record
+from computeswarm.jobs.train.pipeline_plan import split_table
 from computeswarm.jobs.train.runs import file_hash, run_name, spec_hash
 
 log = logging.getLogger("computeswarm.training")
@@ -126,11 +129,6 @@ def progress(db, job: Job, storage: Path) -> dict:
 
 
 def pipeline_split(db, job: Job, spec: PipelineJob) -> list[dict] | None:
-    from sqlalchemy import select
-
-    from computeswarm.cluster.store.models import LeaseMember, Seller
-    from computeswarm.jobs.train.pipeline_plan import split_table
-
     config_path = Path(job.upload_path) / spec.model / "config.json"
     if not config_path.exists():
         return None
@@ -156,6 +154,4 @@ def pipeline_split(db, job: Job, spec: PipelineJob) -> list[dict] | None:
 
 
 def version_of(db, job_id: str) -> ModelVersion | None:
-    from sqlalchemy import select
-
     return db.scalars(select(ModelVersion).where(ModelVersion.job_id == job_id)).first()

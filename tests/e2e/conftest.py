@@ -47,3 +47,23 @@ def no_leftovers():
 @pytest.fixture
 def userspace():
     return BACKENDS["userspace"]()
+
+
+def local_swarm_up(tmp_path_factory, sellers: int):
+    """`computeswarm up --local` with `sellers` simulated RTX 4090s, in a home of its own;
+    a generator for module fixtures: it yields the swarm, then takes it down and checks
+    that no namespace of its run is left."""
+    from computeswarm.cluster import local_swarm
+
+    os.environ["COMPUTESWARM_HOME"] = str(tmp_path_factory.mktemp("home"))
+    os.environ["COMPUTESWARM_LOCAL_DIR"] = str(tmp_path_factory.mktemp("local"))
+    try:
+        up = local_swarm.up(
+            sellers=sellers, gpus="RTX4090:24GB:1", price="0.40", deposit="50", say=lambda *_: None
+        )
+        yield up
+    finally:
+        local_swarm.down(say=lambda *_: None)
+        os.environ.pop("COMPUTESWARM_HOME")
+        os.environ.pop("COMPUTESWARM_LOCAL_DIR")
+    assert not any(up.run_id in ns for ns in netns.list_all()), "down left namespaces"

@@ -10,28 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from computeswarm.cluster import local_swarm
 from computeswarm.cluster.client import CoordinatorClient
-from computeswarm.tunnel import netns
+from tests.e2e.conftest import local_swarm_up
 
 JOBS = Path(__file__).parent / "jobs"
 
 
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    os.environ["COMPUTESWARM_HOME"] = str(home)
-    os.environ["COMPUTESWARM_LOCAL_DIR"] = str(tmp_path_factory.mktemp("local"))
-    try:
-        up = local_swarm.up(
-            sellers=3, gpus="RTX4090:24GB:1", price="0.40", deposit="50", say=lambda *_: None
-        )
-        yield up
-    finally:
-        local_swarm.down(say=lambda *_: None)
-        os.environ.pop("COMPUTESWARM_HOME")
-        os.environ.pop("COMPUTESWARM_LOCAL_DIR")
-    assert not any(up.run_id in ns for ns in netns.list_all()), "down left namespaces"
+    yield from local_swarm_up(tmp_path_factory, sellers=3)
 
 
 def spec(name: str, nodes: int, env: dict, budget: str = "1.00") -> dict:

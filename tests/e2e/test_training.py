@@ -4,34 +4,20 @@ and loaded through peft, the bill."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
-from computeswarm.cluster import local_swarm
 from computeswarm.cluster.client import CoordinatorClient
 from computeswarm.jobs.train.data import synthetic_addition
 from computeswarm.jobs.train.tiny import make_tiny_model
 from computeswarm.jobs.upload import pack_working_dir
-from computeswarm.tunnel import netns
+from tests.e2e.conftest import local_swarm_up
 
 
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    os.environ["COMPUTESWARM_HOME"] = str(home)
-    os.environ["COMPUTESWARM_LOCAL_DIR"] = str(tmp_path_factory.mktemp("local"))
-    try:
-        up = local_swarm.up(
-            sellers=2, gpus="RTX4090:24GB:1", price="0.40", deposit="50", say=lambda *_: None
-        )
-        yield up
-    finally:
-        local_swarm.down(say=lambda *_: None)
-        os.environ.pop("COMPUTESWARM_HOME")
-        os.environ.pop("COMPUTESWARM_LOCAL_DIR")
-    assert not any(up.run_id in ns for ns in netns.list_all()), "down left namespaces"
+    yield from local_swarm_up(tmp_path_factory, sellers=2)
 
 
 def test_a_lora_job_trains_across_two_sellers_over_wireguard(swarm, tmp_path):
