@@ -28,6 +28,7 @@ bench: setup
 	$(VENV)/python -m computeswarm.tests.bench.market
 	$(VENV)/python -m computeswarm.tests.bench.lease_latency
 	$(VENV)/python -m computeswarm.tests.bench.training
+	$(VENV)/python -m computeswarm.tests.bench.gateway
 
 # On a machine with a GPU (not in CI): the lora workload with NCCL and bf16, step time.
 gpu-check: setup

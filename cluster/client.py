@@ -126,6 +126,9 @@ class CoordinatorClient:
     def job_logs(self, job_id: str, offset: int = 0) -> dict:
         return self._call("GET", f"/v1/jobs/{job_id}/logs", params={"offset": offset})
 
+    def sweep(self, job_id: str) -> dict:
+        return self._call("GET", f"/v1/sweeps/{job_id}")
+
     def cancel_job(self, job_id: str) -> dict:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
 

@@ -27,6 +27,7 @@ from computeswarm.cluster.metrics import SellerCollector, api_latency
 from computeswarm.cluster.ratelimit import RateLimiter
 from computeswarm.cluster.ray_nodes import become_subreaper
 from computeswarm.cluster.scheduler import LeaseScheduler
+from computeswarm.cluster.serve_jobs import ServeGateway
 from computeswarm.cluster.states import SellerState
 from computeswarm.cluster.store.db import Store
 from computeswarm.cluster.store.models import Account, Seller
@@ -73,6 +74,7 @@ class Coordinator:
         self._threads: list[threading.Thread] = []
         self.scheduler = LeaseScheduler(self)
         self.jobs = JobsService(self)
+        self.gateway = ServeGateway(self)  # buyers' serve jobs, behind /v1/serve/<job>/v1
         self.gpu_seconds_sold = Counter(
             "computeswarm_gpu_seconds_sold", "Metered GPU-seconds settled.", registry=self.metrics
         )
@@ -106,6 +108,8 @@ class Coordinator:
         for thread in self._threads:
             thread.join(15)
         self.scheduler.stop_all()
+        if isinstance(self.gateway, ServeGateway):  # (tests may put a stub there)
+            self.gateway.flush()  # queued metering is written before the store closes
         if self.hub:
             self.hub.stop()
             self.hub = None
@@ -122,7 +126,8 @@ class Coordinator:
 
     @property
     def storage_root(self) -> Path:
-        """Job storage: training runs and their checkpoints, <account>/runs/<run>/."""
+        """Job storage: training runs and their checkpoints (<account>/runs/<run>/), sweeps'
+        experiments (<account>/sweeps/<run>/), serve jobs' status (<account>/serve/<job>/)."""
         return self.config.state_dir / "storage"
 
     def _bootstrap_admin(self) -> None:

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from computeswarm.cluster import ledger, model_registry, training_jobs
+from computeswarm.cluster import ledger, model_registry, serve_jobs, sweep_jobs, training_jobs
 from computeswarm.cluster.accounts import Caller, Role
 from computeswarm.cluster.errors import ApiError, Conflict, NotFound
 from computeswarm.cluster.leases import bid_for
 from computeswarm.cluster.market import Match, match
 from computeswarm.cluster.store.models import Account, Job, Lease, LeaseMember, LedgerEntry, Seller
-from computeswarm.jobs.spec import check_inputs, parse_job_spec
+from computeswarm.jobs.spec import ServeJob, adapter_is_path, check_inputs, parse_job_spec
 from computeswarm.jobs.states import JobState, job_transition
 from computeswarm.jobs.upload import unpack_working_dir
 
@@ -54,9 +54,9 @@ class JobsService:
         try:
             # Training inputs are checked here, before anything is leased.
             check_inputs(spec, Path(upload) if upload else None)
-            if getattr(spec, "init_adapter", None):
-                with self.c.store.transaction() as db:
-                    model_registry.resolve(db, caller.account_id, spec.init_adapter)
+            with self.c.store.transaction() as db:
+                for ref in _registered_refs(spec):
+                    model_registry.resolve(db, caller.account_id, ref)
         except BaseException:
             if upload:
                 shutil.rmtree(Path(upload).parent, ignore_errors=True)
@@ -165,6 +165,15 @@ class JobsService:
             }
             if job.kind in ("lora", "pipeline") and job.upload_path:
                 out["training"] = training_jobs.progress(db, job, self.c.storage_root)
+            if job.kind == "sweep":
+                out["sweep"] = self._sweep_summary(db, job)
+            if job.kind == "serve":
+                out["serve"] = {
+                    "endpoint": f"/v1/serve/{job.id}/v1",
+                    "ready": serve_jobs.status(self.c.storage_root, job).get("state") == "ready",
+                    "models": serve_jobs.status(self.c.storage_root, job).get("models", []),
+                    **serve_jobs.usage_view(db, job),
+                }
             version = training_jobs.version_of(db, job.id)
             if version is not None:
                 out["model_version"] = f"{version.name}@{version.version}"
@@ -194,19 +203,35 @@ class JobsService:
                         for m in members
                     ],
                 }
-                settled = db.scalars(
-                    select(LedgerEntry).where(
-                        LedgerEntry.ref == lease.id, LedgerEntry.kind == "settle"
-                    )
-                ).all()
-                if settled:
-                    paid = sum(
-                        e.amount_micros
-                        for e in settled
-                        if e.account.startswith(("seller:", "platform"))
-                    )
-                    out["cost"] = _money(paid)
+                billed = _billed(db, job.id)  # every lease it had (a requeued job has more)
+                if billed is not None:
+                    out["cost"] = _money(billed)
             return out
+
+    def sweep(self, caller: Caller, job_id: str) -> dict:
+        """A sweep's leaderboard: trials best first, each with its cost, and the bill."""
+        with self.c.store.transaction() as db:
+            job = self._own(db, caller, job_id)
+            if job.kind != "sweep":
+                raise NotFound(f"job {job_id} is not a sweep")
+            out = sweep_jobs.leaderboard(db, job, _billed(db, job.id))
+            out["job_id"], out["state"] = job.id, job.state
+            out["status"] = sweep_jobs.sweep_status(self.c.storage_root, job)
+            version = training_jobs.version_of(db, job.id)
+            out["model_version"] = f"{version.name}@{version.version}" if version else None
+            return out
+
+    def _sweep_summary(self, db, job: Job) -> dict:
+        board = sweep_jobs.leaderboard(db, job, None)
+        states: dict[str, int] = {}
+        for trial in board["trials"]:
+            states[trial["state"]] = states.get(trial["state"], 0) + 1
+        best = board["trials"][0] if board["trials"] else None
+        return {
+            "trials": states,
+            "best": best and {k: best[k] for k in ("trial_id", "params", "metric")},
+            "trials_cost": _money(board["trials_cost_micros"]),
+        }
 
     def logs(self, caller: Caller, job_id: str, offset: int) -> dict:
         with self.c.store.transaction() as db:
@@ -224,7 +249,11 @@ class JobsService:
                 leases = db.scalars(
                     select(Lease.id).where(Lease.account_id == caller.account_id)
                 ).all()
-                allowed = [own, *(ledger.escrow(lease) for lease in leases)]
+                allowed = [
+                    own,
+                    *(ledger.escrow(lease) for lease in leases),
+                    *(ledger.metered(lease) for lease in leases),
+                ]
                 accounts = [account] if account in allowed else allowed
             else:
                 sellers = db.scalars(
@@ -272,6 +301,24 @@ class JobsService:
         if job is None or (caller.role is not Role.ADMIN and job.account_id != caller.account_id):
             raise NotFound(f"no job {job_id}")
         return job
+
+
+def _registered_refs(spec) -> list[str]:
+    """The model versions a spec starts from: they must exist, and be the buyer's."""
+    if isinstance(spec, ServeJob):
+        return [ref for ref in spec.adapters.values() if not adapter_is_path(ref)]
+    return [spec.init_adapter] if getattr(spec, "init_adapter", None) else []
+
+
+def _billed(db, job_id: str) -> int | None:
+    """What the job's leases cost the buyer (sellers and fees), once all are settled."""
+    leases = db.scalars(select(Lease.id).where(Lease.job_id == job_id)).all()
+    settled = db.scalars(
+        select(LedgerEntry).where(LedgerEntry.ref.in_(leases), LedgerEntry.kind == "settle")
+    ).all()
+    if not leases or len({e.txn_id for e in settled}) < len(leases):
+        return None
+    return sum(e.amount_micros for e in settled if e.account.startswith(("seller:", "platform")))
 
 
 def _reasons(bid, asks, now, fee_bps) -> dict[str, str]:

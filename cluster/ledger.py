@@ -1,7 +1,8 @@
 """The double-entry ledger in integer micro-units. The core is pure; `post` writes.
 
 Accounts: `external` (money from outside: deposits), `buyer:<account>`, `escrow:<lease>`,
-`seller:<seller>`, `platform`. Every transaction's entries sum to zero, and a balance is
+`metered:<lease>` (escrow already attributed to served requests), `seller:<seller>`,
+`platform`. Every transaction's entries sum to zero, and a balance is
 always the sum of an account's entries - nothing is stored that could drift from them.
 
 A lease's money moves in three steps: escrow is held when it is matched (budget, or max
@@ -29,6 +30,10 @@ def buyer(account_id: str) -> str:
 
 def escrow(lease_id: str) -> str:
     return f"escrow:{lease_id}"
+
+
+def metered(lease_id: str) -> str:
+    return f"metered:{lease_id}"
 
 
 def seller(seller_id: str) -> str:
@@ -89,13 +94,26 @@ def hold(account_id: str, lease_id: str, micros: int) -> Transaction:
     )
 
 
-def settle(account_id: str, lease_id: str, held_micros: int, usages: list[Usage]) -> Transaction:
+def meter(lease_id: str, micros: int) -> Transaction:
+    """A served request's share of the lease, attributed as it happens (still escrow)."""
+    return Transaction(
+        "meter", lease_id, ((escrow(lease_id), -micros), (metered(lease_id), micros))
+    )
+
+
+def settle(
+    account_id: str, lease_id: str, held_micros: int, usages: list[Usage], metered_micros: int = 0
+) -> Transaction:
     """Pay sellers and the platform from escrow; return what is left to the buyer.
 
-    Use beyond the escrow cannot happen (the lease ends when it runs out); should rounding
-    ever get there, payouts are cut to what was held, sellers first.
+    `metered_micros` of the held escrow sit in the lease's metered account (served
+    requests); both accounts are emptied. Use beyond the escrow cannot happen (the lease
+    ends when it runs out); should rounding ever get there, payouts are cut to what was
+    held, sellers first.
     """
-    entries: list[tuple[str, int]] = [(escrow(lease_id), -held_micros)]
+    entries: list[tuple[str, int]] = [(escrow(lease_id), metered_micros - held_micros)]
+    if metered_micros:
+        entries.append((metered(lease_id), -metered_micros))
     left = held_micros
     for usage in usages:
         paid = min(usage.seller_micros, left)

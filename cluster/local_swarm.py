@@ -44,6 +44,7 @@ class LocalSwarm:
     run_id: str | None = None
     sessions: list[int] = field(default_factory=list)  # loopback mode: our processes
     sellers: list[str] = field(default_factory=list)
+    head: dict = field(default_factory=dict)  # the coordinator: pid, argv, env, netns
 
     @staticmethod
     def record_path() -> Path:
@@ -146,12 +147,8 @@ def _up_wireguard(
         "COMPUTESWARM_HEAD__OVERLAY__INTERFACE": bed.iface_name("hub"),
         "COMPUTESWARM_HEAD__PUBLIC_HOST": hub.ip,
     }
-    _spawn(
-        hub.netns,
-        [*CS, "head", "up", "--state-dir", str(state / "head"), "--port", str(PORT)],
-        state / "head.log",
-        env,
-    )
+    argv = [*CS, "head", "up", "--state-dir", str(state / "head"), "--port", str(PORT)]
+    _start_head(swarm, state, hub.netns, argv, env)
     swarm.admin_key = _admin_key(state, swarm.coordinator)
     for name in names:
         invite = _invite(swarm, name)
@@ -171,7 +168,9 @@ def _up_wireguard(
 
 def _up_loopback(swarm: LocalSwarm, state: Path, names: list[str], gpus: str, price: str) -> None:
     swarm.coordinator = f"http://127.0.0.1:{PORT}"
-    head = _spawn(
+    head = _start_head(
+        swarm,
+        state,
         None,
         [
             *CS,
@@ -186,7 +185,6 @@ def _up_loopback(swarm: LocalSwarm, state: Path, names: list[str], gpus: str, pr
             "--backend",
             "none",
         ],
-        state / "head.log",
         {**LOCAL_ENV, "COMPUTESWARM_HEAD__OVERLAY__INTERFACE": "cslocal"},
     )
     swarm.sessions.append(head.pid)
@@ -200,6 +198,33 @@ def _up_loopback(swarm: LocalSwarm, state: Path, names: list[str], gpus: str, pr
         ]
         swarm.sessions.append(_spawn(None, argv, state / f"{name}.log", {}).pid)
         swarm.save()
+
+
+def _start_head(
+    swarm: LocalSwarm, state: Path, netns: str | None, argv: list[str], env: dict
+) -> subprocess.Popen:
+    process = _spawn(netns, argv, state / "head.log", env)
+    swarm.head = {"pid": process.pid, "argv": argv, "env": env, "netns": netns}
+    swarm.save()
+    return process
+
+
+def crash_and_restart_head(swarm: LocalSwarm) -> None:
+    """Kill the coordinator without warning (SIGKILL, as a crash would) and start it again
+    on the same state: the drill for "the coordinator died mid-job". Lease heads run in
+    sessions of their own and outlive it; the restarted coordinator deals with them."""
+    state = Path(swarm.state_dir)
+    old = swarm.head["pid"]
+    for pid in session_pids(old):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while session_pids(old) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process = _start_head(swarm, state, swarm.head["netns"], swarm.head["argv"], swarm.head["env"])
+    if swarm.mode == "loopback":
+        swarm.sessions = [process.pid if s == old else s for s in swarm.sessions]
+        swarm.save()
+    _admin_key(state, swarm.coordinator)
 
 
 def _invite(swarm: LocalSwarm, name: str) -> str:

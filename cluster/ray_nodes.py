@@ -41,6 +41,11 @@ class PortBlock:
     def dashboard(self) -> int:
         return self.base + 1
 
+    @property
+    def serve(self) -> int:
+        """A serve lease's HTTP proxy (on the head): inside the block, so inside the fence."""
+        return self.base + 9
+
     def argv(self, *, head: bool) -> list[str]:
         b = self.base
         ports = [

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import httpx
 from sqlalchemy import select
 
-from computeswarm.cluster import ledger, training_jobs
+from computeswarm.cluster import ledger, serve_jobs, sweep_jobs, training_jobs
 from computeswarm.cluster.leases import (
     LeaseState,
     MemberState,
@@ -51,7 +51,7 @@ from computeswarm.cluster.states import SellerEvent, SellerState, transition
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Offer, Seller
 from computeswarm.cluster.training_jobs import RayJob
 from computeswarm.errors import ComputeSwarmError
-from computeswarm.jobs.spec import ScriptJob, job_from_record
+from computeswarm.jobs.spec import ScriptJob, ServeJob, SweepJob, job_from_record
 from computeswarm.jobs.states import JobState, job_transition
 
 if TYPE_CHECKING:
@@ -66,6 +66,12 @@ HEAD_STOP_GRACE_S = 3.0
 LOG_ATTEMPTS = 20  # the driver node's log agent can take a while on a busy host
 DRIVER_STARTED = "Running entrypoint"  # written by Ray on the driver node, not the head's stub
 HEAD_OBJECT_STORE_BYTES = 80 * 1024 * 1024
+_UNSETTLED = (
+    LeaseState.MATCHED.value,
+    LeaseState.PROVISIONING.value,
+    LeaseState.RUNNING.value,
+    LeaseState.RELEASING.value,
+)
 ACTIVE_LEASE_STATES = (
     LeaseState.MATCHED,
     LeaseState.PROVISIONING,
@@ -114,6 +120,8 @@ class LeaseScheduler:
                 )
             ).all()
             for job in jobs:
+                if job.lease_id and db.get(Lease, job.lease_id).state in _UNSETTLED:
+                    continue  # requeued: its escrow comes back when the old lease settles
                 spec = job_from_record(job.spec)
                 escrow = spec.escrow_micros
                 funds = ledger.balance(db, ledger.buyer(job.account_id))
@@ -275,11 +283,7 @@ class LeaseScheduler:
             if client is None:
                 return  # the head's dashboard is not up yet: next tick
             try:
-                ray_job = (
-                    RayJob(spec.entrypoint, {})
-                    if isinstance(spec, ScriptJob)
-                    else training_jobs.render(db, job, spec, self.c.storage_root)
-                )
+                ray_job = self._render(db, job, spec, lease)
             except ComputeSwarmError as e:
                 self.start_release(db, lease, f"cannot start the job: {e}", JobState.FAILED)
                 return
@@ -319,6 +323,17 @@ class LeaseScheduler:
             job.submission_id, job.started_at = submission, now
         log.info("job %s submitted to lease %s", job_id, lease_id)
 
+    def _render(self, db, job: Job, spec, lease: Lease) -> RayJob:
+        """The Ray job a spec becomes: its driver's entrypoint and environment."""
+        storage = self.c.storage_root
+        if isinstance(spec, ScriptJob):
+            return RayJob(spec.entrypoint, {})
+        if isinstance(spec, SweepJob):
+            return sweep_jobs.render(job, spec, storage, sweep_jobs.member_prices(db, lease.id))
+        if isinstance(spec, ServeJob):
+            return serve_jobs.render(db, job, spec, lease, self.head_ip, storage)
+        return training_jobs.render(db, job, spec, storage)
+
     # -- running: watch the job, the clock, the budget and the sellers --------------------
 
     def watch(self, now: float) -> None:
@@ -352,6 +367,10 @@ class LeaseScheduler:
                     self.start_release(db, lease, "budget spent", JobState.FAILED)
                 elif lost := self._lost_member(db, lease.id):
                     self._repair_or_fail(db, lease, lost, now)
+                elif job.kind == "sweep":
+                    sweep_jobs.ingest(db, job, self.c.storage_root)
+                    for seller_id in sweep_jobs.shrink(db, lease, job, self.c.storage_root):
+                        self._let_go(db, lease, seller_id, now)
 
     def _lose_vanished_members(self, db, now: float) -> None:
         """Members whose seller went offline are lost: metering stops at the last sign."""
@@ -384,12 +403,11 @@ class LeaseScheduler:
         job = db.get(Job, lease.job_id)
         lost.state = MemberState.DROPPED.value  # handled once: replaced, or the lease ends
         if lost.driver:
-            self.start_release(
-                db,
-                lease,
-                f"seller {lost.seller_id} (running the job's driver) was lost",
-                JobState.FAILED,
-            )
+            reason = f"seller {lost.seller_id} (running the job's driver) was lost"
+            if job.kind == "sweep":
+                self.requeue(db, lease, reason)
+            else:
+                self.start_release(db, lease, reason, JobState.FAILED)
             return
         spec = job_from_record(job.spec)
         members = {
@@ -424,6 +442,34 @@ class LeaseScheduler:
         if job and not JobState(job.state).is_terminal:
             self._end_job(job, job_state, self.c.clock(), reason)
 
+    def requeue(self, db, lease: Lease, reason: str) -> None:
+        """End the lease but not its job: the job waits for a new lease and resumes there
+        (sweeps restore their Tune experiment from the run folder)."""
+        lease.state = lease_transition(LeaseState(lease.state), LeaseState.RELEASING).value
+        lease.reason, lease.ended_at = reason, self.c.clock()
+        job = db.get(Job, lease.job_id)
+        job.state = job_transition(JobState(job.state), JobState.PENDING).value
+        job.reason = f"requeued ({reason}): resumes on a new lease"
+        log.warning("job %s requeued: %s", job.id, reason)
+
+    def _let_go(self, db, lease: Lease, seller_id: str, now: float) -> None:
+        """A member the job no longer needs leaves the lease now; it is billed until now."""
+        member = db.scalars(
+            select(LeaseMember).where(
+                LeaseMember.lease_id == lease.id,
+                LeaseMember.seller_id == seller_id,
+                LeaseMember.state == MemberState.ATTACHED.value,
+            )
+        ).first()
+        if member is None:
+            return
+        member.state, member.detached_at = MemberState.DETACHED.value, now
+        seller = db.get(Seller, seller_id)
+        if seller.state == SellerState.LEASED.value:
+            seller.state = transition(SellerState.LEASED, SellerEvent.RELEASE).value
+        seller.leases_completed += 1
+        log.info("lease %s: seller %s released early (no trials left for it)", lease.id, seller_id)
+
     def release(self, now: float) -> None:
         with self.c.store.transaction() as db:
             releasing = [
@@ -435,6 +481,7 @@ class LeaseScheduler:
         for lease_id, session, job_id in releasing:
             self._stop_job(lease_id, job_id)
             self._save_logs(lease_id, job_id)
+            self._ingest_records(job_id)
             self._register_model(job_id)
             with self.c.store.transaction() as db:
                 self._settle(db, db.get(Lease, lease_id), self.c.clock())
@@ -450,16 +497,27 @@ class LeaseScheduler:
             self._jobs_clients.pop(lease_id, None)
             self._dashboards.pop(lease_id, None)
 
+    def _ingest_records(self, job_id: str) -> None:
+        """A sweep's last trial records, read before its lease is gone."""
+        with self.c.store.transaction() as db:
+            job = db.get(Job, job_id)
+            if job is not None and job.kind == "sweep":
+                sweep_jobs.ingest(db, job, self.c.storage_root)
+
     def _register_model(self, job_id: str) -> None:
-        """A succeeded `lora` job's adapter becomes the next version of its model."""
+        """A succeeded `lora` job's adapter (a sweep's best trial's) becomes the next
+        version of its model."""
         try:
             with self.c.store.transaction() as db:
                 job = db.get(Job, job_id)
                 if job is None or job.state != JobState.SUCCEEDED.value:
                     return
-                version = training_jobs.register_result(
-                    db, job, self.c.storage_root, self.c.models_root, self.c.clock()
+                register = (
+                    sweep_jobs.register_best
+                    if job.kind == "sweep"
+                    else training_jobs.register_result
                 )
+                version = register(db, job, self.c.storage_root, self.c.models_root, self.c.clock())
                 if version:
                     job.reason = f"registered model {version['name']}@{version['version']}"
                     log.info("job %s: %s", job_id, job.reason)
@@ -493,7 +551,13 @@ class LeaseScheduler:
                         member.price_micros,
                     )
                 )
-        txn = ledger.settle(lease.account_id, lease.id, lease.escrow_micros, usages)
+        txn = ledger.settle(
+            lease.account_id,
+            lease.id,
+            lease.escrow_micros,
+            usages,
+            metered_micros=ledger.balance(db, ledger.metered(lease.id)),
+        )
         ledger.post(db, txn, now)
         self.c.record_sale(usages)
         # A lease fails with its job; one ended by success or by the buyer's cancel closes.
@@ -620,6 +684,9 @@ class LeaseScheduler:
         """Keep the driver's output before the lease's nodes go away. The driver's node can
         answer a moment late (its log agent is busy as the job ends): retry briefly."""
         path = self.job_log_path(job_id)
+        with self.c.store.transaction() as db:
+            if not JobState(db.get(Job, job_id).state).is_terminal:
+                path = path.with_name(f"driver-{lease_id}.log")  # requeued: a later lease's
         if path.exists():
             return
         logs = ""
@@ -653,7 +720,11 @@ class LeaseScheduler:
                     stop_session(lease.head_session, grace_s=5)
                     stopped.append(lease.id)
                 if lease.state in (LeaseState.PROVISIONING.value, LeaseState.RUNNING.value):
-                    self.start_release(db, lease, "the coordinator restarted", JobState.FAILED)
+                    job = db.get(Job, lease.job_id)
+                    if job.kind == "sweep" and job.state == JobState.RUNNING.value:
+                        self.requeue(db, lease, "the coordinator restarted")
+                    else:
+                        self.start_release(db, lease, "the coordinator restarted", JobState.FAILED)
         return stopped
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from computeswarm.cluster import model_registry
 from computeswarm.cluster.store.models import Job, LeaseMember, ModelVersion, Seller
-from computeswarm.jobs.spec import LoraJob, PipelineJob, job_from_record
+from computeswarm.jobs.spec import LoraJob, PipelineJob, SweepJob, job_from_record
 from computeswarm.jobs.train.pipeline_plan import split_table
 from computeswarm.jobs.train.runs import file_hash, run_name, spec_hash
 
@@ -35,18 +35,29 @@ class RayJob:
     env_vars: dict[str, str]
 
 
-def run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob) -> Path:
+def run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJob) -> Path:
     """The job's run folder: the one chosen when it started, else the one it would get."""
     chosen = Path(job.upload_path) / RUN_FILE
     if chosen.exists():
         return Path(chosen.read_text().strip())
-    data = file_hash(Path(job.upload_path) / spec.dataset)
-    return storage / job.account_id / "runs" / run_name(job.name, spec_hash(job.spec), data)
+    dataset = _dataset_of(spec)
+    data = file_hash(Path(job.upload_path) / dataset) if dataset else "no-data"
+    kind = "sweeps" if isinstance(spec, SweepJob) else "runs"
+    return storage / job.account_id / kind / run_name(job.name, spec_hash(job.spec), data)
 
 
-def choose_run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob) -> Path:
+def _dataset_of(spec: LoraJob | PipelineJob | SweepJob) -> str | None:
+    if isinstance(spec, SweepJob):
+        return spec.trial.lora.dataset if spec.trial.lora else None
+    return spec.dataset
+
+
+def choose_run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJob) -> Path:
     """Same spec and data as an unfinished run: that folder, so training resumes from its
-    latest complete checkpoint. As a finished one: a fresh attempt folder (-r2, -r3...)."""
+    latest complete checkpoint. As a finished one: a fresh attempt folder (-r2, -r3...).
+    A job that chose its folder before (a requeued sweep) keeps it, finished or not."""
+    if (Path(job.upload_path) / RUN_FILE).exists():
+        return run_dir(storage, job, spec)
     base = run_dir(storage, job, spec)
     folder, attempt = base, 1
     while (folder / "result.json").exists():

@@ -12,7 +12,7 @@ import typer
 from computeswarm.cluster.cli import accounts_app, head_app, invite_app, seller_app, sellers_app
 from computeswarm.cluster.models_cli import models_app
 from computeswarm.errors import ComputeSwarmError
-from computeswarm.jobs.cli import jobs_app, ledger, market_app, submit
+from computeswarm.jobs.cli import jobs_app, ledger, market_app, submit, sweeps_app
 from computeswarm.jobs.templates_cli import templates_app
 from computeswarm.tunnel.cli import testbed_app, tunnel_app
 
@@ -84,6 +84,7 @@ def demo(sellers: int = typer.Option(2, min=1, max=4, help="Simulated sellers.")
 app.command("submit")(submit)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(market_app, name="market")
+app.add_typer(sweeps_app, name="sweeps")
 app.add_typer(models_app, name="models")
 app.add_typer(templates_app, name="templates")
 app.command("ledger")(ledger)

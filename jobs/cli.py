@@ -11,6 +11,9 @@ import typer
 
 jobs_app = typer.Typer(help="Your jobs: list, status, logs, cancel.", no_args_is_help=True)
 market_app = typer.Typer(help="Ask the market without leasing anything.", no_args_is_help=True)
+sweeps_app = typer.Typer(
+    help="Hyperparameter sweeps: trials, metrics, costs.", no_args_is_help=True
+)
 
 COORDINATOR = typer.Option(
     None,
@@ -138,10 +141,91 @@ def jobs_status(
                 f"  eval loss {metrics['eval_loss']:.4f}"
                 + (f" (base model {base:.4f})" if base is not None else "")
             )
+    sweep = job.get("sweep")
+    if sweep:
+        states = ", ".join(f"{n} {state}" for state, n in sorted(sweep["trials"].items()))
+        typer.echo(f"  sweep: {states or 'no trials yet'}; trials cost {sweep['trials_cost']}")
+        if sweep["best"]:
+            typer.echo(f"  best so far: {sweep['best']['trial_id']} {sweep['best']['params']}")
+        typer.echo(f"  leaderboard: computeswarm sweeps show {job['id']}")
+    serve = job.get("serve")
+    if serve:
+        typer.echo(
+            f"  serving {', '.join(serve['models']) or '(starting)'} at "
+            f"<coordinator>{serve['endpoint']} ({'ready' if serve['ready'] else 'not ready'}); "
+            f"{serve['requests']} requests, {serve['prompt_tokens']} prompt + "
+            f"{serve['completion_tokens']} completion tokens"
+        )
     if job.get("model_version"):
         typer.echo(f"  model version: {job['model_version']}")
     if job["cost"]:
         typer.echo(f"  cost: {job['cost']}")
+
+
+@sweeps_app.command("show")
+def sweeps_show(
+    job_id: str,
+    coordinator: str | None = COORDINATOR,
+    api_key: str | None = API_KEY,
+    as_json: bool = JSON,
+) -> None:
+    """A sweep's leaderboard: each trial's parameters, metric, state and cost, best first."""
+    board = _client(coordinator, api_key).sweep(job_id)
+    if as_json:
+        typer.echo(json.dumps(board))
+        return
+    for line in leaderboard_lines(board):
+        typer.echo(line)
+
+
+def leaderboard_lines(board: dict) -> list[str]:
+    """The leaderboard as text: metric against cost, and how the costs add up to the bill."""
+    status = board.get("status") or {}
+    lines = [
+        f"{board['job_id']}: {board['state']}, {len(board['trials'])} trials of "
+        f"{status.get('planned', '?')} planned, {board['metric']} ({board['mode']})"
+        + (" - cost cap reached" if status.get("budget_stopped") else "")
+    ]
+    params = sorted({k for t in board["trials"] for k in t["params"]})
+    header = ["#", "trial", *params, board["metric"], "iters", "state", "GPU-s", "cost"]
+    rows = []
+    for rank, t in enumerate(board["trials"], 1):
+        value = t["metric"]
+        rows.append(
+            [
+                str(rank),
+                t["trial_id"],
+                *(_short(t["params"].get(k)) for k in params),
+                "-" if value is None else f"{value:.4f}",
+                str(t["iterations"]),
+                t["state"],
+                f"{t['gpu_seconds']:.1f}",
+                _money(t["cost_micros"]),
+            ]
+        )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    spent = board["trials_cost_micros"]
+    cap = board.get("cost_cap_micros")
+    lines.append(f"trials: {_money(spent)}" + (f" of a {_money(cap)} cap" if cap else ""))
+    if board.get("bill_micros") is not None:
+        lines.append(
+            f"lease overhead (formation, imports, idle GPUs): {_money(board['overhead_micros'])}"
+        )
+        lines.append(f"bill: {_money(board['bill_micros'])}")
+    if board.get("model_version"):
+        lines.append(f"best trial registered as {board['model_version']}")
+    return lines
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _money(micros: int) -> str:
+    whole, frac = divmod(abs(micros), 1_000_000)
+    return f"{'-' if micros < 0 else ''}{whole}.{frac:06d}"
 
 
 @jobs_app.command("logs")

@@ -12,7 +12,8 @@
 `parse_job_spec` turns pydantic's errors into one `SpecError` that names each problem and,
 for unknown keys, the nearest valid key. Training kinds (`lora`, `pipeline`) add a model,
 a dataset and training settings; the swarm renders them into a Ray job that runs the
-workloads in `jobs/train/`. Later kinds (`sweep`, `serve`) reuse the same parts.
+workloads in `jobs/train/`. `sweep` runs many training trials as a Ray Tune experiment
+(`tune/`), `serve` runs a base model and its adapters as a Ray Serve app (`serve/`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from computeswarm.jobs.errors import SpecError
 from computeswarm.strict import StrictModel, explain
 
 MICROS = 1_000_000
-FUTURE_KINDS = ("sweep", "serve")
-KINDS = ("script", "lora", "pipeline")
+KINDS = ("script", "lora", "pipeline", "sweep", "serve")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _GPUS = re.compile(
@@ -341,10 +341,178 @@ class PipelineJob(_TrainingJob):
         return self.pipeline.stages or self.resources.nodes
 
 
-AnyJob = ScriptJob | LoraJob | PipelineJob
+class TrialLora(StrictModel):
+    """What each trial of a LoRA sweep trains: one adapter on one leased GPU."""
+
+    model: str = Field(pattern=_MODEL_REF, description="A model folder in the working_dir.")
+    dataset: str = Field(pattern=_MODEL_REF, description="JSONL file in the working_dir.")
+    training: Training = Field(default_factory=Training)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    micro_batch: int = Field(8, ge=1, le=4096, description="Samples per step.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _relative_dataset(cls, value: str) -> str:
+        return _TrainingJob._relative_dataset(value)
+
+
+class SweepTrial(StrictModel):
+    """A trial: a LoRA fine-tune, or a function trainable (`file.py:function` calling
+    `ray.tune.report`) from the working_dir."""
+
+    lora: TrialLora | None = None
+    function: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_./-]+\.py:[A-Za-z_][A-Za-z0-9_]*$", description="file.py:func"
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Fixed parameters of every function trial."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> SweepTrial:
+        if (self.lora is None) == (self.function is None):
+            raise ValueError("a trial is exactly one of `lora` or `function`")
+        if self.function and ".." in Path(self.function.split(":")[0]).parts:
+            raise ValueError(f"{self.function!r}: the function's file is in the working_dir")
+        return self
+
+
+class SweepScheduler(StrictModel):
+    type: Literal["asha", "fifo"] = Field("asha", description="asha stops weak trials early.")
+    grace_period: int = Field(1, ge=1, le=10_000, description="Reports before ASHA may stop.")
+    reduction_factor: int = Field(2, ge=2, le=100, description="ASHA keeps 1/this per rung.")
+
+
+class SweepJob(_JobBase):
+    """A hyperparameter sweep: trials of a training job over a search space, run as a Ray
+    Tune experiment on the lease, launched only while they fit the cost cap."""
+
+    kind: Literal["sweep"]
+    trial: SweepTrial
+    search_space: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Dotted parameter -> {choice|grid: [..]} or {uniform|loguniform: [lo, hi]}.",
+    )
+    metric: str = Field("eval_loss", pattern=r"^[A-Za-z0-9_./-]{1,64}$")
+    mode: Literal["min", "max"] = "min"
+    scheduler: SweepScheduler = Field(default_factory=SweepScheduler)
+    num_samples: int = Field(8, ge=1, le=10_000, description="Samples (x grid points).")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, le=256, description="Default: one per leased GPU."
+    )
+    cost_cap: Decimal | None = Field(
+        None, gt=0, le=1_000_000, description="Stop launching trials past this spend."
+    )
+    register_as: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Default: the job name."
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
+
+    @field_validator("cost_cap")
+    @classmethod
+    def _micros(cls, value: Decimal | None) -> Decimal | None:
+        return Pricing._micros(value)
+
+    @model_validator(mode="after")
+    def _space_fits_trial(self) -> SweepJob:
+        from computeswarm.tune.space import apply, check_space
+
+        if self.runtime_env.working_dir is None:
+            raise ValueError("sweeps need runtime_env.working_dir (the trial's model and data)")
+        lora = self.trial.lora
+        if lora is None:
+            check_space(self.search_space)
+            return self
+        base = lora.model_dump()
+
+        def check_values(params: dict) -> None:
+            try:
+                TrialLora.model_validate(apply(base, params))
+            except ValidationError as e:
+                raise ValueError(explain(TrialLora, e.errors()[0])) from None
+
+        check_space(self.search_space, check_values)
+        return self
+
+    @property
+    def cost_cap_micros(self) -> int | None:
+        return None if self.cost_cap is None else int(self.cost_cap * MICROS)
+
+    @property
+    def concurrency(self) -> int:
+        return self.max_concurrent_trials or self.resources.gpus.count
+
+    @property
+    def model_name(self) -> str:
+        return self.register_as or self.name
+
+
+class Replicas(StrictModel):
+    min: int = Field(1, ge=1, le=64, description="Replicas always up.")
+    max: int = Field(1, ge=1, le=64, description="Replicas under load (each takes a GPU).")
+
+    @model_validator(mode="after")
+    def _order(self) -> Replicas:
+        if self.min > self.max:
+            raise ValueError(f"replicas.min ({self.min}) > replicas.max ({self.max})")
+        return self
+
+
+class RateLimits(StrictModel):
+    requests_per_second: float = Field(10, gt=0, le=100_000, description="Per API key.")
+    tokens_per_second: float = Field(2000, gt=0, le=10_000_000, description="Per API key.")
+
+
+class ServeJob(_JobBase):
+    """Inference: a base model and LoRA adapters on Ray Serve behind the coordinator's
+    OpenAI-compatible gateway, on a long-lived lease."""
+
+    kind: Literal["serve"]
+    model: str = Field(pattern=_MODEL_REF, description="Base model folder (working_dir or abs).")
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="Served name -> a registered version NAME[@N] or an adapter folder.",
+    )
+    replicas: Replicas = Field(default_factory=Replicas)
+    max_concurrent_requests: int = Field(8, ge=1, le=1024, description="Per replica.")
+    max_tokens: int = Field(128, ge=1, le=32768, description="Most tokens a request may ask.")
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+    max_duration: float = Field(86400, description="Seconds, or 30m / 2h / 1d (long-lived).")
+    runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, ref in value.items():
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", name):
+                raise ValueError(f"adapter name {name!r}: letters, digits, . _ - (max 64)")
+            if not (re.match(_VERSION_REF, ref) or re.match(_MODEL_REF, ref)):
+                raise ValueError(f"adapter {name}: {ref!r} is neither NAME[@N] nor a folder")
+        return value
+
+    @model_validator(mode="after")
+    def _fits(self) -> ServeJob:
+        if self.runtime_env.working_dir is None and not self.model.startswith("/"):
+            raise ValueError("serve jobs need runtime_env.working_dir (it holds the model)")
+        if self.replicas.max > self.resources.gpus.count:
+            raise ValueError(
+                f"replicas.max ({self.replicas.max}) > leased GPUs "
+                f"({self.resources.gpus.count}): each replica needs its own GPU"
+            )
+        return self
+
+
+AnyJob = ScriptJob | LoraJob | PipelineJob | SweepJob | ServeJob
 JobSpec = Annotated[AnyJob, Field(discriminator="kind")]
 _ADAPTER = TypeAdapter(JobSpec)
-_MODELS = {"script": ScriptJob, "lora": LoraJob, "pipeline": PipelineJob}
+_MODELS = {
+    "script": ScriptJob,
+    "lora": LoraJob,
+    "pipeline": PipelineJob,
+    "sweep": SweepJob,
+    "serve": ServeJob,
+}
 
 
 def parse_job_spec(data: str | dict, *, source: str = "job spec") -> AnyJob:
@@ -358,10 +526,6 @@ def parse_job_spec(data: str | dict, *, source: str = "job spec") -> AnyJob:
         raise SpecError(f"{source}: expected a mapping with a `kind` key")
     kind = data.get("kind")
     supported = ", ".join(KINDS)
-    if kind in FUTURE_KINDS:
-        raise SpecError(
-            f"{source}: kind {kind!r} is not available yet on this swarm; supported: {supported}"
-        )
     if kind is None:
         raise SpecError(f"{source}: missing `kind` (supported: {supported})")
     if kind not in _MODELS:
@@ -391,14 +555,53 @@ def load_job_spec(path: Path) -> tuple[AnyJob, Path | None]:
 
 
 def check_inputs(spec: AnyJob, working_dir: Path | None) -> None:
-    """A training job's model and dataset exist before anything is leased. A model that is
-    not a folder is taken as a hub id only when it does not look like a path."""
+    """A job's model, dataset, adapters and trainable exist before anything is leased. A
+    model that is not a folder is taken as a hub id only when it does not look like a path."""
     if isinstance(spec, ScriptJob) or working_dir is None:
         return
-    dataset = (working_dir / spec.dataset).resolve()
-    if working_dir.resolve() not in dataset.parents or not dataset.is_file():
-        raise SpecError(f"dataset {spec.dataset!r} is not a file in the working_dir {working_dir}")
-    model = spec.model
+    if isinstance(spec, SweepJob):
+        if spec.trial.function:
+            file = spec.trial.function.split(":")[0]
+            if not _inside(working_dir, file).is_file():
+                raise SpecError(f"trial function file {file!r} is not in the working_dir")
+            return
+        _check_dataset(working_dir, spec.trial.lora.dataset)
+        _check_model(working_dir, spec.trial.lora.model)
+        return
+    if isinstance(spec, ServeJob):
+        _check_model(working_dir, spec.model)
+        for name, ref in spec.adapters.items():
+            if adapter_is_path(ref):
+                folder = _inside(working_dir, ref)
+                if not (folder / "adapter_config.json").is_file():
+                    raise SpecError(
+                        f"adapter {name}: {ref!r} is not an adapter folder (adapter_config.json) "
+                        f"in the working_dir {working_dir}"
+                    )
+        return
+    _check_dataset(working_dir, spec.dataset)
+    _check_model(working_dir, spec.model)
+
+
+def adapter_is_path(ref: str) -> bool:
+    """`adder@2` and `adder` name registered versions; `./x` and `a/b` are folders."""
+    return ref.startswith((".", "/", "~")) or "/" in ref
+
+
+def _inside(working_dir: Path, relative: str) -> Path:
+    path = (working_dir / relative).resolve()
+    if working_dir.resolve() not in path.parents:
+        raise SpecError(f"{relative!r} leads outside the working_dir")
+    return path
+
+
+def _check_dataset(working_dir: Path, dataset: str) -> None:
+    path = (working_dir / dataset).resolve()
+    if working_dir.resolve() not in path.parents or not path.is_file():
+        raise SpecError(f"dataset {dataset!r} is not a file in the working_dir {working_dir}")
+
+
+def _check_model(working_dir: Path, model: str) -> None:
     local = working_dir / model
     if local.is_dir():
         if working_dir.resolve() not in local.resolve().parents:

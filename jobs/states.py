@@ -23,7 +23,10 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.SCHEDULED: frozenset(
         {JobState.RUNNING, JobState.PENDING, JobState.FAILED, JobState.CANCELLED}
     ),
-    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
+    # Back to pending: a requeued job (a sweep whose lease ended under it) resumes later.
+    JobState.RUNNING: frozenset(
+        {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.PENDING}
+    ),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from computeswarm import __version__
 from computeswarm.cluster import model_registry, registry
 from computeswarm.cluster.accounts import Caller, Role, create_account
+from computeswarm.cluster.api.gateway_routes import gateway_router
 from computeswarm.cluster.api.middleware import AccessLog, BodyLimit
 from computeswarm.cluster.api.schemas import (
     MICROS,
@@ -40,6 +41,7 @@ from computeswarm.cluster.api.schemas import (
 )
 from computeswarm.cluster.coordinator import Coordinator
 from computeswarm.cluster.errors import ApiError, RateLimited
+from computeswarm.cluster.gateway import MAX_BODY_BYTES as GATEWAY_MAX_BODY_BYTES
 from computeswarm.cluster.states import SellerState
 from computeswarm.cluster.store.models import Offer, Seller
 from computeswarm.errors import UserError
@@ -56,7 +58,10 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     app.add_middleware(
         BodyLimit,
         max_bytes=coordinator.config.limits.max_body_bytes,
-        larger={"/v1/jobs": coordinator.config.market.max_upload_bytes * 4 // 3 + 65536},
+        larger={
+            "/v1/jobs": coordinator.config.market.max_upload_bytes * 4 // 3 + 65536,
+            "/v1/serve/": GATEWAY_MAX_BODY_BYTES,  # prompts: the gateway checks its own cap
+        },
     )
     return app
 
@@ -246,6 +251,10 @@ def _add_routes(app: FastAPI, c: Coordinator) -> None:
     def job_logs(job_id: str, offset: int = 0, who: Caller = Depends(caller)) -> dict:
         return c.jobs.logs(who, job_id, max(0, offset))
 
+    @app.get("/v1/sweeps/{job_id}", tags=["jobs"])
+    def get_sweep(job_id: str, who: Caller = Depends(caller)) -> dict:
+        return c.jobs.sweep(who, job_id)
+
     @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
     def cancel_job(job_id: str, who: Caller = Depends(caller)) -> dict:
         return c.jobs.cancel(who, job_id)
@@ -311,6 +320,10 @@ def _add_routes(app: FastAPI, c: Coordinator) -> None:
         """Bytes to time a download with: the agent's bandwidth measurement over the overlay."""
         size = max(1, min(size, PROBE_MAX_BYTES))
         return Response(b"\0" * size, media_type="application/octet-stream")
+
+    # -- inference gateway: /v1/serve/{job_id}/v1/... -------------------------------------
+    if getattr(c, "gateway", None) is not None:
+        app.include_router(gateway_router(c.gateway, caller))
 
 
 def _rate_limit(c: Coordinator, key: str) -> None:

@@ -18,12 +18,21 @@ class BodyLimit:
     def __init__(self, app, max_bytes: int, larger: dict[str, int] | None = None):
         self.app = app
         self.default = max_bytes
-        self.larger = larger or {}  # exact path -> its own limit (uploads)
+        # Path -> its own limit (uploads); a key ending in "/" is a prefix (the gateway).
+        self.larger = larger or {}
+
+    def limit_for(self, path: str) -> int:
+        if path in self.larger:
+            return self.larger[path]
+        for prefix, limit in self.larger.items():
+            if prefix.endswith("/") and path.startswith(prefix):
+                return limit
+        return self.default
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.larger.get(scope["path"], self.default)
+        limit = self.limit_for(scope["path"])
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await _too_large(send, limit)

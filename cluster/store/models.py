@@ -186,3 +186,49 @@ class ModelVersion(Base):
     artifact_path: Mapped[str] = mapped_column(String(500))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class SweepTrial(Base):
+    """One trial of a sweep, as its driver last recorded it (ingested from the run folder)."""
+
+    __tablename__ = "sweep_trials"
+    __table_args__ = (UniqueConstraint("job_id", "trial_id", name="uq_sweep_trials_trial"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    trial_id: Mapped[str] = mapped_column(String(64))
+    plan_index: Mapped[int] = mapped_column(Integer)  # its place in the sweep's plan
+    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(20))  # running|completed|stopped_early|error...
+    iterations: Mapped[int] = mapped_column(Integer, default=0)
+    history: Mapped[list] = mapped_column(JSON, default=list)  # the metric over time
+    metric: Mapped[float | None] = mapped_column(Float, nullable=True)
+    best_metric: Mapped[float | None] = mapped_column(Float, nullable=True)
+    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    checkpoint: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    node_ip: Mapped[str | None] = mapped_column(String(45), nullable=True)
+    lease_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # where it ended
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ServeRequest(Base):
+    """One metered request through the gateway to a buyer's serve job."""
+
+    __tablename__ = "serve_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    lease_id: Mapped[str] = mapped_column(String(40), index=True)
+    key_id: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(64))
+    route: Mapped[str] = mapped_column(String(32))
+    status: Mapped[int] = mapped_column(Integer)
+    stream: Mapped[bool] = mapped_column(Boolean)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    gpu_seconds: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    cost_micros: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)

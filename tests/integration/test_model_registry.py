@@ -284,3 +284,46 @@ def test_cli_lists_shows_and_downloads(sqlite_head, tmp_path, monkeypatch):
     assert tree(tmp_path / "o") == tree(source)
     bad = runner.invoke(app, ["models", "show", "cli-model@zero"])
     assert bad.exit_code != 0 and "not NAME or NAME@N" in str(bad.exception)
+
+
+def test_a_serve_job_serves_only_its_owners_versions(sqlite_head, tmp_path):
+    """Adapters named by version resolve for the job's owner at submit; another buyer's
+    name is refused before anything is stored or leased."""
+    from computeswarm.cluster import serve_jobs
+    from computeswarm.cluster.store.models import Job
+    from computeswarm.jobs.upload import pack_working_dir
+
+    head = sqlite_head
+    owner_key, other_key = head.account("buyer"), head.account("buyer")
+    version = register(
+        head, account_of(head, owner_key), "adder", make_adapter(tmp_path / "a", "a")
+    )
+    folder = tmp_path / "job"
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "config.json").write_text("{}")
+    make_adapter(folder / "adapters" / "local", "local")
+    spec = {
+        "kind": "serve",
+        "name": "api",
+        "runtime_env": {"working_dir": "."},
+        "model": "model",
+        "adapters": {"adder": "adder@1", "local": "./adapters/local"},
+        "pricing": {"max_price_per_gpu_hour": "1.0"},
+    }
+    upload = pack_working_dir(folder, 2**20)
+    with pytest.raises(NotFound, match="adder"):
+        client_for(head, other_key).submit_job(spec, upload)
+    with head.coordinator.store.transaction() as db:
+        assert db.query(Job).count() == 0
+    job = client_for(head, owner_key).submit_job(spec, upload)
+    with head.coordinator.store.transaction() as db:
+        folders = serve_jobs.adapter_folders(db, db.get(Job, job["id"]), parse(spec))
+    assert folders["adder"] == version.artifact_path
+    assert Path(folders["local"]).parts[-2:] == ("adapters", "local")
+    assert (Path(folders["local"]) / "adapter_config.json").is_file()
+
+
+def parse(spec: dict):
+    from computeswarm.jobs.spec import parse_job_spec
+
+    return parse_job_spec(spec)

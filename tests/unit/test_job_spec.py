@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from computeswarm.errors import UserError
 from computeswarm.jobs.errors import SpecError
 from computeswarm.jobs.spec import (
-    FUTURE_KINDS,
     GpuRequest,
     ScriptJob,
     load_job_spec,
@@ -261,26 +260,20 @@ def test_a_spec_error_is_a_user_error_and_names_its_source():
 # --- kinds ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", FUTURE_KINDS)
-def test_future_kinds_are_not_available_yet(kind):
-    assert "sweep" in FUTURE_KINDS
-    assert refused(spec(kind=kind)) == (
-        f"job spec: kind {kind!r} is not available yet on this swarm; "
-        "supported: script, lora, pipeline"
-    )
-
-
 @pytest.mark.parametrize("kind", ["scrip", "Script", 3])
 def test_an_unknown_kind_is_refused(kind):
     assert refused(spec(kind=kind)) == (
-        f"job spec: unknown kind {kind!r} (supported: script, lora, pipeline)"
+        f"job spec: unknown kind {kind!r} (supported: script, lora, pipeline, sweep, serve)"
     )
 
 
 def test_a_missing_kind_is_refused():
     data = spec()
     del data["kind"]
-    assert refused(data) == "job spec: missing `kind` (supported: script, lora, pipeline)"
+    assert (
+        refused(data)
+        == "job spec: missing `kind` (supported: script, lora, pipeline, sweep, serve)"
+    )
 
 
 @pytest.mark.parametrize("text", ["- a list", "just text", "42", ""])

@@ -35,10 +35,13 @@ class UserspaceBackend(WireGuardBackend):
         return Capability(True, "wireguard-go and /dev/net/tun present")
 
     def create_link(self, spec: TunnelSpec) -> WireGuardTunnel:
-        claim_socket(spec.iface)
         spec.state_dir.mkdir(parents=True, exist_ok=True)
+        pid_file = spec.state_dir / f"wireguard-go-{spec.iface}.pid"
+        stop_leftover(pid_file, spec.iface)
+        claim_socket(spec.iface)
         log = spec.state_dir / f"wireguard-go-{spec.iface}.log"
         process = netns.popen(["wireguard-go", "-f", spec.iface], netns=spec.netns, log=log)
+        pid_file.write_text(str(process.pid))
         tunnel = UserspaceTunnel(spec, process)
         try:
             _wait_for_socket(spec.iface, process, log)
@@ -55,6 +58,29 @@ class UserspaceTunnel(WireGuardTunnel):
             return
         stop_process_group(self.process, STOP_GRACE_S)
         (SOCKET_DIR / f"{self.spec.iface}.sock").unlink(missing_ok=True)
+        (self.spec.state_dir / f"wireguard-go-{self.spec.iface}.pid").unlink(missing_ok=True)
+
+
+def stop_leftover(pid_file: Path, iface: str) -> None:
+    """Our own wireguard-go for `iface`, left running by a crash of the process that started
+    it (it runs in a session of its own): stop it, so a restart can take the name again.
+    Only the process recorded in `pid_file`, and only if it is still that wireguard-go."""
+    try:
+        pid = int(pid_file.read_text())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    if b"wireguard-go" in argv[0] and iface.encode() in argv:
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # a zombie until its parent (gone) is replaced by init
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            except OSError:
+                break
+    pid_file.unlink(missing_ok=True)
 
 
 def claim_socket(iface: str) -> None:

@@ -1,0 +1,218 @@
+"""The coordinator's side of sweeps: a `sweep` spec becomes a Ray Tune driver on the lease,
+the driver's trial records become rows in the store, idle sellers leave the lease early,
+and the best trial's adapter becomes a model version.
+
+The driver (`tune/run.py`) writes its records into the sweep's run folder in the buyer's
+job storage; the coordinator reads them each tick. The folder outlives the lease: a sweep
+whose lease ends under it (the coordinator restarted, the driver's seller was lost) goes
+back to the queue and its next lease restores the experiment (`Tuner.restore`), so no
+finished trial runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from computeswarm.cluster import model_registry, training_jobs
+from computeswarm.cluster.leases import MemberState
+from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller, SweepTrial
+from computeswarm.cluster.training_jobs import SPEC_FILE, RayJob
+from computeswarm.jobs.spec import SweepJob
+from computeswarm.jobs.train.runs import file_hash, spec_hash
+from computeswarm.tune.budget import trial_cost_micros
+
+log = logging.getLogger("computeswarm.sweeps")
+ENTRYPOINT = f"python -m computeswarm.tune.run {SPEC_FILE}"
+TERMINAL_TRIALS = ("completed", "stopped_early", "error", "skipped_budget")
+
+
+def render(job: Job, spec: SweepJob, storage: Path, prices: dict[str, int]) -> RayJob:
+    """The Tune driver's entrypoint and environment. `prices` maps each member's overlay
+    IP to its price per GPU-hour; the driver budgets with the dearest (a cap is a ceiling)."""
+    folder = training_jobs.choose_run_dir(storage, job, spec)
+    (Path(job.upload_path) / SPEC_FILE).write_text(json.dumps(job.spec))
+    env = {
+        "COMPUTESWARM_RUN_DIR": str(folder),
+        "COMPUTESWARM_PRICE_MICROS": str(max(prices.values(), default=0)),
+    }
+    return RayJob(ENTRYPOINT, env)
+
+
+def member_prices(db, lease_id: str) -> dict[str, int]:
+    """Overlay IP -> price per GPU-hour of every seller that is or was in the lease."""
+    rows = db.execute(
+        select(Seller.address, LeaseMember.price_micros)
+        .join(LeaseMember, LeaseMember.seller_id == Seller.id)
+        .where(LeaseMember.lease_id == lease_id)
+    ).all()
+    return {address: price for address, price in rows}
+
+
+def ingest(db, job: Job, storage: Path) -> int:
+    """Copy the driver's trial records into the store; returns how many changed. A trial's
+    cost is priced here, at the price of the seller it ran on. Only the scheduler calls
+    this (one writer: readers see the rows of its last tick)."""
+    folder = training_jobs.run_dir(storage, job, SweepJob.model_validate(job.spec)) / "trials"
+    if not folder.is_dir():
+        return 0
+    prices = member_prices(db, job.lease_id) if job.lease_id else {}
+    rows = {
+        t.trial_id: t for t in db.scalars(select(SweepTrial).where(SweepTrial.job_id == job.id))
+    }
+    changed = 0
+    for path in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced right now: next tick
+        row = rows.get(record["trial_id"])
+        if row is not None and row.state in TERMINAL_TRIALS:
+            continue  # finished trials never change (a restored sweep does not rerun them)
+        if row is None:
+            row = SweepTrial(job_id=job.id, trial_id=record["trial_id"])
+            db.add(row)
+        price = prices.get(record.get("node_ip") or "", max(prices.values(), default=0))
+        row.plan_index = record.get("index", 0)
+        row.params = record.get("params", {})
+        row.state = record.get("state", "running")
+        row.iterations = record.get("iterations", 0)
+        row.history = record.get("history", [])
+        row.metric = record.get("metric")
+        row.best_metric = record.get("best_metric")
+        row.gpu_seconds = float(record.get("gpu_seconds") or 0.0)
+        row.cost_micros = trial_cost_micros(row.gpu_seconds, price)
+        row.checkpoint = record.get("checkpoint")
+        row.node_ip = record.get("node_ip")
+        row.lease_id = job.lease_id or row.lease_id  # where it runs, then where it finished
+        row.started_at = record.get("started_at")
+        row.ended_at = record.get("ended_at")
+        changed += 1
+    return changed
+
+
+@dataclass(frozen=True)
+class Shrink:
+    """Members to let go: the sweep launches no more trials and these run none."""
+
+    member_ids: tuple[int, ...]
+
+
+def idle_members(status: dict, members: list[tuple[int, str, bool]]) -> Shrink:
+    """Pure: which (member id, overlay IP, is driver) can leave. Only once launching is
+    done (plan used up or cost cap reached), never the driver's seller, never one running
+    a trial."""
+    if not status.get("launching_done") or status.get("state") == "finished":
+        return Shrink(())
+    busy = set(status.get("busy_node_ips") or [])
+    return Shrink(tuple(mid for mid, ip, driver in members if not driver and ip not in busy))
+
+
+def sweep_status(storage: Path, job: Job) -> dict:
+    path = training_jobs.run_dir(storage, job, SweepJob.model_validate(job.spec)) / "sweep.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def shrink(db, lease: Lease, job: Job, storage: Path) -> list[str]:
+    """Release idle sellers of a running sweep; returns their ids. They stop being billed
+    now; the lease goes on with the rest."""
+    rows = db.execute(
+        select(LeaseMember, Seller.address)
+        .join(Seller, Seller.id == LeaseMember.seller_id)
+        .where(
+            LeaseMember.lease_id == lease.id,
+            LeaseMember.state == MemberState.ATTACHED.value,
+        )
+    ).all()
+    decision = idle_members(
+        sweep_status(storage, job), [(m.id, address, m.driver) for m, address in rows]
+    )
+    return [m.seller_id for m, _ in rows if m.id in decision.member_ids]
+
+
+def register_best(db, job: Job, storage: Path, models_root: Path, now: float) -> dict | None:
+    """The best trial's adapter becomes the next version of the sweep's model."""
+    spec = SweepJob.model_validate(job.spec)
+    if spec.trial.lora is None:
+        return None
+    result_path = training_jobs.run_dir(storage, job, spec) / "result.json"
+    if not result_path.exists():
+        return None
+    result = json.loads(result_path.read_text())
+    best = result.get("best") or {}
+    if not best.get("adapter") or not Path(best["adapter"]).is_dir():
+        log.warning("job %s: the sweep left no best adapter to register", job.id)
+        return None
+    upload = Path(job.upload_path)
+    data = upload / spec.trial.lora.dataset
+    version = model_registry.register(
+        db,
+        account_id=job.account_id,
+        name=spec.model_name,
+        source_dir=Path(best["adapter"]),
+        base_model=spec.trial.lora.model,
+        spec_hash=spec_hash(job.spec),
+        data_hash=file_hash(data) if data.exists() else "",
+        metrics={
+            spec.metric: best.get("metric"),
+            "trial_id": best.get("trial_id"),
+            "params": best.get("params"),
+        },
+        checkpoint=best.get("checkpoint") or "",
+        job_id=job.id,
+        parent=None,
+        now=now,
+        models_root=models_root,
+    )
+    db.flush()
+    return model_registry.view(version)
+
+
+def leaderboard(db, job: Job, bill_micros: int | None) -> dict:
+    """Trials best first, with their costs, and how the trials' costs and the lease's other
+    time add up to the bill. Ranked as the driver picks the best trial: by the metric of
+    its last report (the checkpoint it keeps), finished trials before lost ones."""
+    spec = SweepJob.model_validate(job.spec)
+    trials = list(db.scalars(select(SweepTrial).where(SweepTrial.job_id == job.id)))
+    sign = 1 if spec.mode == "min" else -1
+
+    def rank(t: SweepTrial):
+        ended = t.state in ("completed", "stopped_early")
+        return (not ended, t.metric is None, sign * (t.metric or 0.0), t.plan_index)
+
+    trials.sort(key=rank)
+    spent = sum(t.cost_micros for t in trials)
+    out = {
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "planned": None,
+        "trials": [
+            {
+                "trial_id": t.trial_id,
+                "index": t.plan_index,
+                "state": t.state,
+                "params": t.params,
+                "metric": t.metric,
+                "best_metric": t.best_metric,
+                "iterations": t.iterations,
+                "gpu_seconds": t.gpu_seconds,
+                "cost_micros": t.cost_micros,
+                "lease_id": t.lease_id,
+                "history": t.history,
+            }
+            for t in trials
+        ],
+        "trials_cost_micros": spent,
+        "cost_cap_micros": spec.cost_cap_micros,
+        "bill_micros": bill_micros,
+        # Lease formation, imports and idle GPUs between trials: paid, but no trial's.
+        "overhead_micros": None if bill_micros is None else bill_micros - spent,
+    }
+    return out
