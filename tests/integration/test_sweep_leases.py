@@ -1,0 +1,170 @@
+"""A sweep's lease on the real coordinator and store: sellers with no trial left leave the
+lease as soon as no more trials will launch, and stop being billed there; a sweep whose
+lease ends under it goes back to the queue instead of failing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import select
+
+from computeswarm.cluster.accounts import authenticate
+from computeswarm.cluster.leases import LeaseState, MemberState
+from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller
+from computeswarm.cluster.training_jobs import RUN_FILE
+from computeswarm.jobs.spec import parse_job_spec
+
+PRICE = 3_600_000  # micros per GPU-hour: 1000 micros a second
+
+
+def sweep_spec() -> dict:
+    return {
+        "kind": "sweep",
+        "name": "shrinking",
+        "runtime_env": {"working_dir": "."},
+        "resources": {"gpus": "any:2", "nodes": 2},
+        "pricing": {"max_price_per_gpu_hour": "5.0"},
+        "trial": {"function": "train.py:train"},
+        "search_space": {"x": {"uniform": [0, 1]}},
+        "num_samples": 4,
+    }
+
+
+def running_sweep(head, tmp_path: Path) -> tuple[str, list[str], list[str], Path]:
+    """A sweep job running on a lease of two attached sellers (s1 runs the driver)."""
+    c, now = head.coordinator, head.clock()
+    with c.store.transaction() as db:
+        account = authenticate(db, head.account("buyer")).account_id
+    sellers = [head.enroll(f"box{i}")["seller_id"] for i in (1, 2)]
+    upload, run_dir = tmp_path / "upload", tmp_path / "run"
+    upload.mkdir()
+    run_dir.mkdir()
+    (upload / RUN_FILE).write_text(str(run_dir))
+    with c.store.transaction() as db:
+        db.add(
+            Lease(
+                id="l-sweep",
+                account_id=account,
+                job_id="j-sweep",
+                state=LeaseState.RUNNING.value,
+                token="t",
+                port_base=0,  # nothing answers there: the job's status stays unknown
+                price_per_hour_micros=2 * PRICE,
+                escrow_micros=10**9,
+                created_at=now,
+                started_at=now,
+                deadline=now + 3600,
+            )
+        )
+        spec = parse_job_spec(sweep_spec()).model_dump(mode="json")
+        db.add(
+            Job(
+                id="j-sweep",
+                account_id=account,
+                name="shrinking",
+                kind="sweep",
+                spec=spec,
+                state="running",
+                lease_id="l-sweep",
+                upload_path=str(upload),
+                created_at=now,
+                started_at=now,
+            )
+        )
+        for index, seller_id in enumerate(sellers):
+            db.get(Seller, seller_id).state = "leased"
+            db.add(
+                LeaseMember(
+                    lease_id="l-sweep",
+                    seller_id=seller_id,
+                    gpus=1,
+                    ask_micros=PRICE,
+                    price_micros=PRICE,
+                    driver=index == 0,
+                    state=MemberState.ATTACHED.value,
+                    assigned_at=now,
+                    attached_at=now,
+                )
+            )
+        addresses = [db.get(Seller, s).address for s in sellers]
+    return account, sellers, addresses, run_dir
+
+
+def status(run_dir: Path, **fields) -> None:
+    (run_dir / "sweep.json").write_text(json.dumps({"state": "running", **fields}))
+
+
+def members(head) -> dict[str, LeaseMember]:
+    with head.coordinator.store.transaction() as db:
+        rows = db.scalars(select(LeaseMember).where(LeaseMember.lease_id == "l-sweep")).all()
+        db.expunge_all()
+        return {m.seller_id: m for m in rows}
+
+
+def tick_at(head, now: float) -> None:
+    """Move the clock to `now` and run one scheduler tick: the only ones (see `quiet`)."""
+    head.clock.now = now
+    head.coordinator.scheduler.tick()
+
+
+def quiet(head) -> None:
+    """Stop the coordinator's own loops, so each step here is one tick at a known time."""
+    c = head.coordinator
+    c._stop.set()
+    c._wake.set()
+    for thread in c._threads:
+        thread.join(15)
+
+
+def test_idle_sellers_leave_a_sweep_lease_once_no_trial_will_launch(sqlite_head, tmp_path):
+    head = sqlite_head
+    quiet(head)
+    _, (driver, other), (driver_ip, other_ip), run_dir = running_sweep(head, tmp_path)
+    start = head.clock()
+
+    # Trials may still launch: nobody leaves, even with the other seller idle right now.
+    status(run_dir, launching_done=False, busy_node_ips=[driver_ip])
+    tick_at(head, start + 10)
+    assert {m.state for m in members(head).values()} == {"attached"}
+
+    # The plan is used up and the other seller runs nothing: it leaves, billed until now.
+    status(run_dir, launching_done=True, busy_node_ips=[driver_ip])
+    tick_at(head, start + 20)
+    after = members(head)
+    assert after[other].state == "detached" and after[other].detached_at == start + 20
+    assert after[driver].state == "attached"  # the driver's seller stays to the end
+    with head.coordinator.store.transaction() as db:
+        assert db.get(Seller, other).state == "online"  # free for the next buyer
+        assert db.get(Lease, "l-sweep").state == "running"
+
+    # When the lease ends, the released seller is paid for its 20 s, the driver's for 60 s.
+    head.clock.now = start + 60
+    with head.coordinator.store.transaction() as db:
+        head.coordinator.scheduler.start_release(db, db.get(Lease, "l-sweep"), "", _succeeded())
+    tick_at(head, start + 61)
+    balances = head.http.get("/v1/ledger", headers=head.admin).json()["balances_micros"]
+    assert balances[f"seller:{other}"] == 20 * 1000
+    assert balances[f"seller:{driver}"] == 60 * 1000
+    assert other_ip != driver_ip
+
+
+def test_a_sweep_whose_driver_seller_is_lost_goes_back_to_the_queue(sqlite_head, tmp_path):
+    head = sqlite_head
+    quiet(head)
+    _, (driver, _), _, _ = running_sweep(head, tmp_path)
+    with head.coordinator.store.transaction() as db:
+        member = db.scalars(select(LeaseMember).where(LeaseMember.seller_id == driver)).one()
+        member.state, member.detached_at = MemberState.LOST.value, head.clock() + 5
+    tick_at(head, head.clock() + 10)
+    with head.coordinator.store.transaction() as db:
+        job, lease = db.get(Job, "j-sweep"), db.get(Lease, "l-sweep")
+        assert job.state == "pending" and "resumes on a new lease" in job.reason
+        # The same tick settled the lease: closed, not failed, since the job goes on.
+        assert lease.state == "closed" and lease.reason.endswith("was lost")
+
+
+def _succeeded():
+    from computeswarm.jobs.states import JobState
+
+    return JobState.SUCCEEDED
