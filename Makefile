@@ -29,6 +29,7 @@ bench: setup
 	$(VENV)/python -m computeswarm.tests.bench.lease_latency
 	$(VENV)/python -m computeswarm.tests.bench.training
 	$(VENV)/python -m computeswarm.tests.bench.gateway
+	$(VENV)/python -m computeswarm.tests.bench.sweep
 
 # On a machine with a GPU (not in CI): the lora workload with NCCL and bf16, step time.
 gpu-check: setup

@@ -66,6 +66,9 @@ HEAD_STOP_GRACE_S = 3.0
 LOG_ATTEMPTS = 20  # the driver node's log agent can take a while on a busy host
 DRIVER_STARTED = "Running entrypoint"  # written by Ray on the driver node, not the head's stub
 HEAD_OBJECT_STORE_BYTES = 80 * 1024 * 1024
+# Jobs that go back to the queue when their lease ends under them: a sweep restores its
+# experiment on the next lease, a serve job starts its app again (the gateway follows).
+RESUMABLE_KINDS = ("sweep", "serve")
 _UNSETTLED = (
     LeaseState.MATCHED.value,
     LeaseState.PROVISIONING.value,
@@ -404,7 +407,7 @@ class LeaseScheduler:
         lost.state = MemberState.DROPPED.value  # handled once: replaced, or the lease ends
         if lost.driver:
             reason = f"seller {lost.seller_id} (running the job's driver) was lost"
-            if job.kind == "sweep":
+            if job.kind in RESUMABLE_KINDS:
                 self.requeue(db, lease, reason)
             else:
                 self.start_release(db, lease, reason, JobState.FAILED)
@@ -444,7 +447,7 @@ class LeaseScheduler:
 
     def requeue(self, db, lease: Lease, reason: str) -> None:
         """End the lease but not its job: the job waits for a new lease and resumes there
-        (sweeps restore their Tune experiment from the run folder)."""
+        (sweeps restore their Tune experiment from the run folder; serve jobs redeploy)."""
         lease.state = lease_transition(LeaseState(lease.state), LeaseState.RELEASING).value
         lease.reason, lease.ended_at = reason, self.c.clock()
         job = db.get(Job, lease.job_id)
@@ -721,7 +724,7 @@ class LeaseScheduler:
                     stopped.append(lease.id)
                 if lease.state in (LeaseState.PROVISIONING.value, LeaseState.RUNNING.value):
                     job = db.get(Job, lease.job_id)
-                    if job.kind == "sweep" and job.state == JobState.RUNNING.value:
+                    if job.kind in RESUMABLE_KINDS and job.state == JobState.RUNNING.value:
                         self.requeue(db, lease, "the coordinator restarted")
                     else:
                         self.start_release(db, lease, "the coordinator restarted", JobState.FAILED)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from computeswarm.cluster.accounts import authenticate
@@ -16,6 +17,14 @@ from computeswarm.cluster.training_jobs import RUN_FILE
 from computeswarm.jobs.spec import parse_job_spec
 
 PRICE = 3_600_000  # micros per GPU-hour: 1000 micros a second
+SERVE = {
+    "kind": "serve",
+    "name": "api",
+    "runtime_env": {"working_dir": "."},
+    "model": "model",
+    "resources": {"gpus": "any:2", "nodes": 2},
+    "pricing": {"max_price_per_gpu_hour": "5.0"},
+}
 
 
 def sweep_spec() -> dict:
@@ -149,10 +158,16 @@ def test_idle_sellers_leave_a_sweep_lease_once_no_trial_will_launch(sqlite_head,
     assert other_ip != driver_ip
 
 
-def test_a_sweep_whose_driver_seller_is_lost_goes_back_to_the_queue(sqlite_head, tmp_path):
+@pytest.mark.parametrize("kind", ["sweep", "serve"])
+def test_a_job_whose_driver_seller_is_lost_goes_back_to_the_queue(sqlite_head, tmp_path, kind):
+    """Sweeps resume their experiment, serve jobs redeploy: neither fails with its lease."""
     head = sqlite_head
     quiet(head)
     _, (driver, _), _, _ = running_sweep(head, tmp_path)
+    if kind == "serve":
+        with head.coordinator.store.transaction() as db:
+            job = db.get(Job, "j-sweep")
+            job.kind, job.spec = "serve", parse_job_spec(SERVE).model_dump(mode="json")
     with head.coordinator.store.transaction() as db:
         member = db.scalars(select(LeaseMember).where(LeaseMember.seller_id == driver)).one()
         member.state, member.detached_at = MemberState.LOST.value, head.clock() + 5
