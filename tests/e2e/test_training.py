@@ -33,7 +33,7 @@ def test_a_lora_job_trains_across_two_sellers_over_wireguard(swarm, tmp_path):
         "resources": {"gpus": "RTX4090:24GB:2", "nodes": 2, "memory_gb_per_node": 1.5},
         "pricing": {"max_price_per_gpu_hour": "0.60", "budget": "0.50"},
         "max_duration": "15m",
-        "training": {"steps": 30, "learning_rate": 0.003, "max_seq_len": 16, "eval_every": 10},
+        "training": {"steps": 20, "learning_rate": 0.003, "max_seq_len": 16, "eval_every": 10},
         "deepspeed": {"zero_stage": 3, "micro_batch": 8},
     }
     buyer = CoordinatorClient(swarm.coordinator, swarm.buyer_key, timeout=60)
