@@ -12,7 +12,7 @@ demo: setup
 test: setup
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
-	bash tests/with_postgres.sh $(VENV)/pytest -m "not bench" tests
+	bash tests/with_postgres.sh bash tests/run_tiers.sh
 
 lint: setup
 	$(VENV)/ruff check .

@@ -42,10 +42,13 @@ Per job, with the same definitions on both sides:
 Also shown: lease formation (the job view's `created_at` -> `started_at`, when the coordinator
 submitted the Ray job to the lease head), the driver's time (`started_at` -> `ended_at`),
 plain Tune's own `tuner.fit()` wall time, and per round how many trials ran, completed all
-10 reports, were stopped early by ASHA (fewer reports than planned) or failed. Ratios are
-ComputeSwarm / plain Tune within a round, then the median over rounds. Before each job the
-benchmark waits until both sellers are online again and no process of an earlier lease is
-left, so no job measures the teardown of the one before.
+10 reports, were stopped early by ASHA (fewer reports than planned) or failed, and how many
+results they reported in all (the work done: a side whose ASHA let more reports through has
+more trial seconds). Ratios are ComputeSwarm / plain Tune within a round, then the median
+over rounds. Before each job the benchmark waits until both sellers are online again and no
+process of an earlier lease is left, so no job measures the teardown of the one before. A
+job whose lease never formed (on a loaded box a worker node can time out starting) is
+submitted again once; the counts say so, and the figures are the attempt that ran.
 
 This machine has no GPU: trials train on CPU, and every process of the swarm shares this
 machine's cores, so read the ratios as this box's. ASHA stops trials asynchronously: the two
@@ -84,6 +87,7 @@ PLAIN_SCRIPT = "plain_tune.py"
 MARKER = "PLAIN_TUNE_RESULT "
 RAY_TMP = Path("/tmp/cs-ray")  # where lease heads and worker nodes keep their Ray files
 POLL_S = 0.5
+RESUBMITS = 1  # a job whose lease never formed is submitted again this many times
 
 # The plain Ray Tune driver, run as a `script` job: argv = spec file, run folder.
 PLAIN = r'''
@@ -185,6 +189,8 @@ class Side:
     completed: int  # ran all their planned reports
     stopped_early: int  # stopped by ASHA before their planned reports
     errors: int
+    reports: int  # results reported by all trials (10 per full trial)
+    resubmits: int  # attempts whose lease never formed (see _run_job)
     fit_s: float | None = None  # plain Tune: its driver's tuner.fit() wall time
 
     @property
@@ -193,9 +199,11 @@ class Side:
         return (self.experiment_s * CONCURRENT - self.trial_seconds) / self.trials
 
     def counts(self) -> str:
+        again = f", resubmitted {self.resubmits}x (lease never formed)" if self.resubmits else ""
         return (
             f"{self.trials} trials: {self.completed} completed, "
-            f"{self.stopped_early} stopped early, {self.errors} failed"
+            f"{self.stopped_early} stopped early, {self.errors} failed, "
+            f"{self.reports} reports{again}"
         )
 
 
@@ -272,10 +280,10 @@ def _bench(
         for side in order:
             _wait_idle(admin, leases, timeout=300)
             if side == "swarm":
-                this[side] = _run_swarm(swarm, buyer, sweep, blob, leases, args.timeout)
+                this[side] = _run_swarm(swarm, buyer, admin, sweep, blob, leases, args.timeout)
             else:
                 run_dir = local / "plain" / f"round{i + 1}"
-                this[side] = _run_plain(buyer, sweep, blob, run_dir, leases, args.timeout)
+                this[side] = _run_plain(buyer, admin, sweep, blob, run_dir, leases, args.timeout)
             got = this[side]
             _say(
                 f"round {i + 1}/{args.rounds} {LABELS[side]}: end-to-end "
@@ -337,11 +345,11 @@ def _make_working_dir(folder: Path, sweep: dict) -> None:
     (folder / PLAIN_SCRIPT).write_text(PLAIN.lstrip())
 
 
-def _run_swarm(swarm, buyer, sweep: dict, blob: bytes, leases, timeout: float) -> Side:
+def _run_swarm(swarm, buyer, admin, sweep: dict, blob: bytes, leases, timeout: float) -> Side:
     """The `sweep` job; its trial records from the sweep's run folder."""
     from computeswarm.tune import records as rec
 
-    job, end_to_end = _run_job(buyer, sweep, blob, leases, timeout)
+    job, end_to_end, resubmits = _run_job(buyer, admin, sweep, blob, leases, timeout)
     board = buyer.sweep(job["id"])
     ids = {t["trial_id"] for t in board["trials"]}
     run_dir = _run_folder(swarm, ids)
@@ -358,6 +366,8 @@ def _run_swarm(swarm, buyer, sweep: dict, blob: bytes, leases, timeout: float) -
         completed=sum(r.state == rec.COMPLETED for r in ran),
         stopped_early=sum(r.state == rec.STOPPED_EARLY for r in ran),
         errors=sum(r.state == rec.ERROR for r in ran),
+        reports=sum(r.iterations for r in ran),
+        resubmits=resubmits,
     )
 
 
@@ -371,7 +381,9 @@ def _run_folder(swarm, trial_ids: set[str]) -> Path:
     raise RuntimeError(f"no sweep run folder under {storage} holds trials {sorted(trial_ids)}")
 
 
-def _run_plain(buyer, sweep: dict, blob: bytes, run_dir: Path, leases, timeout: float) -> Side:
+def _run_plain(
+    buyer, admin, sweep: dict, blob: bytes, run_dir: Path, leases, timeout: float
+) -> Side:
     """The `script` job running plain Tune; its figures from the JSON line it prints."""
     spec = {
         "kind": "script",
@@ -380,7 +392,7 @@ def _run_plain(buyer, sweep: dict, blob: bytes, run_dir: Path, leases, timeout: 
         "runtime_env": {"working_dir": "."},
         **{k: sweep[k] for k in ("resources", "pricing", "max_duration")},
     }
-    job, end_to_end = _run_job(buyer, spec, blob, leases, timeout)
+    job, end_to_end, resubmits = _run_job(buyer, admin, spec, blob, leases, timeout)
     out = _plain_result(buyer, job["id"])
     trials = out["trials"]
     if not trials or len(trials) != out["planned"]:
@@ -396,13 +408,34 @@ def _run_plain(buyer, sweep: dict, blob: bytes, run_dir: Path, leases, timeout: 
         completed=sum(done >= planned for done, planned in reports),
         stopped_early=sum(done < planned for done, planned in reports),
         errors=sum(t["error"] is not None for t in trials),
+        reports=sum(t["iterations"] for t in trials),
+        resubmits=resubmits,
         fit_s=out["fit_s"],
     )
 
 
-def _run_job(buyer, spec: dict, blob: bytes, leases: list[str], timeout: float):
-    """Submit, wait until the job ends; (its view, submit -> seen succeeded in seconds).
-    A job that does not end in time (or an error while waiting) is cancelled."""
+def _run_job(buyer, admin, spec: dict, blob: bytes, leases: list[str], timeout: float):
+    """Submit and wait until the job ends: (its view once settled, submit -> seen succeeded
+    in seconds, resubmits). A job whose lease never formed (it never started: on a loaded
+    box a worker node can time out starting) is submitted again once the swarm is idle, up
+    to RESUBMITS times; the figures are the attempt that ran."""
+    for attempt in range(RESUBMITS + 1):
+        job, end_to_end = _run_once(buyer, spec, blob, leases, timeout)
+        if job["state"] == "succeeded":
+            # Settled: the coordinator has read a sweep's last records into its leaderboard.
+            return _wait_settled(buyer, job["id"], timeout=120), end_to_end, attempt
+        if job["started_at"] is None and attempt < RESUBMITS:
+            _say(f"job {job['id']} never started ({job['reason']}): submitting it again")
+            _wait_idle(admin, leases, timeout=300)
+            continue
+        logs = buyer.job_logs(job["id"])["text"][-3000:]
+        raise RuntimeError(f"job {job['id']} ended {job['state']}: {job['reason']}\n{logs}")
+    raise AssertionError("unreachable")
+
+
+def _run_once(buyer, spec: dict, blob: bytes, leases: list[str], timeout: float):
+    """Submit, wait until the job ends: (its view, submit -> seen ended in seconds). A job
+    that does not end in time (or an error while waiting) is cancelled."""
     start = time.monotonic()
     job_id = buyer.submit_job(spec, blob)["id"]
     ended = False
@@ -412,20 +445,14 @@ def _run_job(buyer, spec: dict, blob: bytes, leases: list[str], timeout: float):
             if job["lease"] and job["lease"]["id"] not in leases:
                 leases.append(job["lease"]["id"])
             if job["state"] in FINAL_JOB:
-                end_to_end = time.monotonic() - start
                 ended = True
-                break
+                return job, time.monotonic() - start
             if time.monotonic() - start > timeout:
                 raise RuntimeError(f"job {job_id} did not end in {timeout:g} s: {job['state']}")
             time.sleep(POLL_S)
     finally:
         if not ended:
             _cancel(buyer, job_id, timeout=120)
-    if job["state"] != "succeeded":
-        logs = buyer.job_logs(job_id)["text"][-3000:]
-        raise RuntimeError(f"job {job_id} ended {job['state']}: {job['reason']}\n{logs}")
-    # Settled: the coordinator has read a sweep's last trial records into its leaderboard.
-    return _wait_settled(buyer, job_id, timeout=120), end_to_end
 
 
 def _wait_settled(buyer, job_id: str, timeout: float) -> dict:
