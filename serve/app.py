@@ -34,7 +34,7 @@ from computeswarm.serve import openai
 log = logging.getLogger(__name__)
 
 MAX_MODELS_PER_REPLICA = 8  # adapters (and the base) one replica keeps attached at most
-DEFAULTS = {"replicas": {"min": 1, "max": 1}, "max_concurrent_requests": 8, "max_tokens": 256}
+DEFAULTS = {"replicas": {"min": 1, "max": 1}, "max_concurrent_requests": 8, "max_tokens": 128}
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class ServeOptions:
     min_replicas: int = 1
     max_replicas: int = 1
     max_concurrent_requests: int = 8
-    max_tokens: int = 256
+    max_tokens: int = 128
 
     @property
     def models(self) -> list[str]:
