@@ -270,3 +270,26 @@ def test_a_sweep_survives_a_coordinator_crash_and_registers_its_best_trial(swarm
     assert board["model_version"] == "wg-sweep@1"
     version = buyer.model_version("wg-sweep", 1)
     assert version["metrics"]["trial_id"] == best["trial_id"]
+
+    # The buyer's leaderboard, as the CLI prints it from the coordinator's API.
+    from typer.testing import CliRunner
+
+    from computeswarm.cli import app
+
+    shown = CliRunner().invoke(
+        app,
+        [
+            "sweeps",
+            "show",
+            job_id,
+            "--coordinator",
+            swarm.coordinator,
+            "--api-key",
+            swarm.buyer_key,
+        ],
+    )
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert best["trial_id"] in lines[2] and lines[2].startswith("1 ")  # best first
+    assert f"bill: {board['bill_micros'] // 10**6}.{board['bill_micros'] % 10**6:06d}" in lines
+    assert "best trial registered as wg-sweep@1" in lines
