@@ -1,5 +1,5 @@
 # The README's two commands are `make demo` and `make test`; both set everything up first.
-.PHONY: setup demo test lint format bench gpu-check clean
+.PHONY: setup demo test test-slow lint format bench gpu-check clean
 
 VENV := .venv/bin
 
@@ -12,7 +12,11 @@ demo: setup
 test: setup
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
-	bash tests/with_postgres.sh bash tests/run_tiers.sh
+	bash tests/with_postgres.sh $(VENV)/pytest -m "not bench and not slow" tests
+
+# Slow tests that CI leaves out (their main paths are covered by faster ones in CI).
+test-slow: setup
+	$(VENV)/pytest -m slow tests
 
 lint: setup
 	$(VENV)/ruff check .

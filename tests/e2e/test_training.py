@@ -20,7 +20,6 @@ def swarm(tmp_path_factory):
     yield from local_swarm_up(tmp_path_factory, sellers=2)
 
 
-@pytest.mark.timeout(600)  # CI runs the tiers side by side: slower then
 def test_a_lora_job_trains_across_two_sellers_over_wireguard(swarm, tmp_path):
     folder = tmp_path / "job"
     make_tiny_model(folder / "model", "gpt2")

@@ -25,6 +25,10 @@ import pytest
 
 from computeswarm.serve import openai
 
+# The serve driver's own checks (errors, SIGTERM, exit codes) on a local Ray: left out of CI
+# for time; the e2e serve test covers the driver's main path through the gateway in CI.
+pytestmark = pytest.mark.slow
+
 BASE = "tiny-gpt2"
 MAX_TOKENS = 24  # the spec's cap
 STARTUP_TIMEOUT_S = 150

@@ -172,6 +172,7 @@ def lost(record: dict) -> bool:
 
 
 @pytest.mark.timeout(480)
+@pytest.mark.slow  # CI covers the restore through the e2e coordinator-crash sweep
 def test_an_asha_lora_sweep_survives_its_driver_and_names_the_best_adapter(
     workdir, tmp_path, drivers
 ):
