@@ -62,6 +62,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from computeswarm.tests.bench.leftovers import swarm_leftovers
+
 GPUS = "RTX4090:24GB:1"
 MAX_TOKENS = 4
 ADAPTER = "adder"
@@ -183,7 +185,7 @@ def main() -> None:
         if swarm is not None or local_swarm.LocalSwarm.load() is not None:
             local_swarm.down(say=_say)
         run_id = swarm.run_id if swarm else None
-        leftovers = _leftovers(str(local), run_id, leases)
+        leftovers = swarm_leftovers(str(local), run_id, leases)
         if ok and not leftovers:
             shutil.rmtree(home, ignore_errors=True)
             shutil.rmtree(local, ignore_errors=True)
@@ -377,43 +379,6 @@ def _cancel(buyer, job_id: str, timeout: float) -> None:
             return
         time.sleep(0.5)
     _say(f"the lease of job {job_id} was not settled in {timeout:g} s; down() removes it")
-
-
-def _leftovers(local_dir: str, run_id: str | None, leases: list[str]) -> list[str]:
-    """What of this run survived `down()`: namespaces, then processes (every process the
-    swarm started inherits COMPUTESWARM_LOCAL_DIR; wireguard-go is named by the run id)."""
-    from computeswarm.tunnel import netns
-
-    needles = [local_dir, *leases] + ([f"cs{run_id}", f"cs-{run_id}"] if run_id else [])
-    deadline = time.monotonic() + 10  # processes signalled by down() may take a moment
-    while True:
-        namespaces = [ns for ns in netns.list_all() if run_id and run_id in ns]
-        processes = _processes_with(needles)
-        if not (namespaces or processes) or time.monotonic() > deadline:
-            return [f"namespace {ns}" for ns in namespaces] + [f"process {p}" for p in processes]
-        time.sleep(0.5)
-
-
-def _processes_with(needles: list[str]) -> list[str]:
-    """Live processes (not zombies, not this one) whose command line or environment names
-    one of `needles`: as `PID command`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        if any(n in cmdline or n in environ for n in needles):
-            found.append(f"{entry} {cmdline[:160]}")
-    return found
 
 
 def _report(swarm, args: argparse.Namespace, result: dict) -> None:

@@ -68,6 +68,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from computeswarm.tests.bench.leftovers import processes_with, swarm_leftovers
+
 SELLERS = 2
 GPUS = "RTX4090:24GB:1"
 MARKER = "FIRST LINE"
@@ -159,7 +161,7 @@ def main() -> None:
         if swarm is not None or local_swarm.LocalSwarm.load() is not None:
             local_swarm.down(say=_say)
         run_id = swarm.run_id if swarm else None
-        leftovers = _leftovers(str(local), run_id, leases)
+        leftovers = swarm_leftovers(str(local), run_id, leases)
         if ok and not leftovers:
             shutil.rmtree(home, ignore_errors=True)
             shutil.rmtree(local, ignore_errors=True)
@@ -294,54 +296,15 @@ def _wait_idle(admin, leases: list[str], timeout: float) -> None:
     while time.monotonic() < start + timeout:
         sellers = admin.sellers()
         online = [s for s in sellers if s["state"] == "online" and s["offer"]]
-        if len(online) >= SELLERS and not _processes_with(leases):
+        if len(online) >= SELLERS and not processes_with(leases):
             if leases:
                 _say(f"idle {time.monotonic() - start:.1f} s after the previous lease closed")
             return
         time.sleep(0.2)
     raise RuntimeError(
         f"the swarm did not become idle: sellers {[s['state'] for s in admin.sellers()]}, "
-        f"processes of earlier leases {_processes_with(leases)}"
+        f"processes of earlier leases {processes_with(leases)}"
     )
-
-
-def _processes_with(needles: list[str]) -> list[str]:
-    """Live processes (not zombies, not this one) whose command line or environment names
-    one of `needles`: as `PID command`."""
-    if not needles:
-        return []
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        if any(n in cmdline or n in environ for n in needles):
-            found.append(f"{entry} {cmdline[:160]}")
-    return found
-
-
-def _leftovers(local_dir: str, run_id: str | None, leases: list[str]) -> list[str]:
-    """What of this run survived `down()`: namespaces, then processes (every process the
-    swarm started inherits COMPUTESWARM_LOCAL_DIR; wireguard-go is named by the run id)."""
-    from computeswarm.tunnel import netns
-
-    needles = [local_dir, *leases] + ([f"cs{run_id}", f"cs-{run_id}"] if run_id else [])
-    deadline = time.monotonic() + 10  # processes signalled by down() may take a moment
-    while True:
-        namespaces = [ns for ns in netns.list_all() if run_id and run_id in ns]
-        processes = _processes_with(needles)
-        if not (namespaces or processes) or time.monotonic() > deadline:
-            return [f"namespace {ns}" for ns in namespaces] + [f"process {p}" for p in processes]
-        time.sleep(0.5)
 
 
 def _report(swarm, runs: list[Run], poll: float, setup_s: float, total_s: float) -> None:
