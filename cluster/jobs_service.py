@@ -168,10 +168,11 @@ class JobsService:
             if job.kind == "sweep":
                 out["sweep"] = self._sweep_summary(db, job)
             if job.kind == "serve":
+                status = serve_jobs.status(self.c.storage_root, job)
                 out["serve"] = {
                     "endpoint": f"/v1/serve/{job.id}/v1",
-                    "ready": serve_jobs.status(self.c.storage_root, job).get("state") == "ready",
-                    "models": serve_jobs.status(self.c.storage_root, job).get("models", []),
+                    "ready": status.get("state") == "ready",
+                    "models": status.get("models", []),
                     **serve_jobs.usage_view(db, job),
                 }
             version = training_jobs.version_of(db, job.id)
