@@ -103,10 +103,7 @@ class Coordinator:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        for thread in self._threads:
-            thread.join(15)
+        self.stop_loops()
         self.scheduler.stop_all()
         if isinstance(self.gateway, ServeGateway):  # (tests may put a stub there)
             self.gateway.flush()  # queued metering is written before the store closes
@@ -114,6 +111,14 @@ class Coordinator:
             self.hub.stop()
             self.hub = None
         self.store.close()
+
+    def stop_loops(self) -> None:
+        """Stop the health and scheduler loops (the API keeps answering): the first step
+        of `stop`, and how a test runs the scheduler one tick at a time."""
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(15)
 
     @property
     def admin_key_path(self) -> Path:

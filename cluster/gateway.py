@@ -88,7 +88,7 @@ class UpstreamUnavailable(ApiError):
 
 
 @dataclass(frozen=True)
-class ServeRequest:
+class InferenceRequest:
     """A checked inference request and the body to send upstream."""
 
     route: str
@@ -106,7 +106,7 @@ class ServeRequest:
         return self.choices * self.max_tokens + self.prompt_chars
 
 
-def parse_serve_request(route: str, raw: bytes, target: ServeTarget) -> ServeRequest:
+def parse_serve_request(route: str, raw: bytes, target: ServeTarget) -> InferenceRequest:
     """Check an OpenAI-style request body against the serve job's limits.
 
     Raises `ApiError` (400) for a body that is not a JSON object, `InvalidServeRequest` (422)
@@ -147,7 +147,7 @@ def parse_serve_request(route: str, raw: bytes, target: ServeTarget) -> ServeReq
             **(options if isinstance(options, dict) else {}),
             "include_usage": True,
         }
-    return ServeRequest(route, model, max_tokens, choices, prompt_chars, stream, upstream)
+    return InferenceRequest(route, model, max_tokens, choices, prompt_chars, stream, upstream)
 
 
 def _max_tokens(body: dict, cap: int) -> int:

@@ -19,7 +19,13 @@ from computeswarm.cluster.errors import ApiError, Conflict, NotFound
 from computeswarm.cluster.leases import bid_for
 from computeswarm.cluster.market import Match, match
 from computeswarm.cluster.store.models import Account, Job, Lease, LeaseMember, LedgerEntry, Seller
-from computeswarm.jobs.spec import ServeJob, adapter_is_path, check_inputs, parse_job_spec
+from computeswarm.jobs.spec import (
+    ServeJob,
+    adapter_is_path,
+    check_inputs,
+    money_text,
+    parse_job_spec,
+)
 from computeswarm.jobs.states import JobState, job_transition
 from computeswarm.jobs.upload import unpack_working_dir
 
@@ -86,21 +92,21 @@ class JobsService:
         decision = match(
             bid_for("quote", spec), asks, now, self.c.config.market.fee_bps, explain_all=True
         )
-        out: dict = {"escrow": _money(spec.escrow_micros), "max_duration_s": spec.max_duration}
+        out: dict = {"escrow": money_text(spec.escrow_micros), "max_duration_s": spec.max_duration}
         if isinstance(decision, Match):
             vram = {a.seller_id: a.vram_gb for a in asks}
             per_hour = decision.price_per_hour_micros
             out |= {
                 "matched": True,
-                "price_per_hour": _money(per_hour),
-                "estimated_cost": _money(per_hour * int(spec.max_duration) // 3600),
+                "price_per_hour": money_text(per_hour),
+                "estimated_cost": money_text(per_hour * int(spec.max_duration) // 3600),
                 "sellers": [
                     {
                         "seller_id": a.seller_id,
                         "vram_gb": vram[a.seller_id],
                         "gpus": a.gpus,
-                        "ask_per_gpu_hour": _money(a.ask_micros),
-                        "price_per_gpu_hour": _money(a.price_micros),
+                        "ask_per_gpu_hour": money_text(a.ask_micros),
+                        "price_per_gpu_hour": money_text(a.price_micros),
                     }
                     for a in decision.allocations
                 ],
@@ -173,6 +179,7 @@ class JobsService:
                     "endpoint": f"/v1/serve/{job.id}/v1",
                     "ready": status.get("state") == "ready",
                     "models": status.get("models", []),
+                    "replicas": status.get("replicas"),
                     **serve_jobs.usage_view(db, job),
                 }
             version = training_jobs.version_of(db, job.id)
@@ -189,15 +196,15 @@ class JobsService:
                     "id": lease.id,
                     "state": lease.state,
                     "reason": lease.reason,
-                    "price_per_hour": _money(lease.price_per_hour_micros),
-                    "escrow": _money(lease.escrow_micros),
+                    "price_per_hour": money_text(lease.price_per_hour_micros),
+                    "escrow": money_text(lease.escrow_micros),
                     "members": [
                         {
                             "seller_id": m.seller_id,
                             "gpus": m.gpus,
                             "state": m.state,
                             "driver": m.driver,
-                            "price_per_gpu_hour": _money(m.price_micros),
+                            "price_per_gpu_hour": money_text(m.price_micros),
                             "attached_at": m.attached_at,
                             "detached_at": m.detached_at,
                         }
@@ -206,7 +213,7 @@ class JobsService:
                 }
                 billed = _billed(db, job.id)  # every lease it had (a requeued job has more)
                 if billed is not None:
-                    out["cost"] = _money(billed)
+                    out["cost"] = money_text(billed)
             return out
 
     def sweep(self, caller: Caller, job_id: str) -> dict:
@@ -231,7 +238,7 @@ class JobsService:
         return {
             "trials": states,
             "best": best and {k: best[k] for k in ("trial_id", "params", "metric")},
-            "trials_cost": _money(board["trials_cost_micros"]),
+            "trials_cost": money_text(board["trials_cost_micros"]),
         }
 
     def logs(self, caller: Caller, job_id: str, offset: int) -> dict:
@@ -266,7 +273,7 @@ class JobsService:
             for e in entries:
                 balances[e.account] = balances.get(e.account, 0) + e.amount_micros
             return {
-                "balances": {a: _money(v) for a, v in sorted(balances.items())},
+                "balances": {a: money_text(v) for a, v in sorted(balances.items())},
                 "balances_micros": dict(sorted(balances.items())),
                 "entries": [
                     {
@@ -274,7 +281,7 @@ class JobsService:
                         "account": e.account,
                         "kind": e.kind,
                         "ref": e.ref,
-                        "amount": _money(e.amount_micros),
+                        "amount": money_text(e.amount_micros),
                         "amount_micros": e.amount_micros,
                         "at": e.created_at,
                     }
@@ -294,7 +301,7 @@ class JobsService:
             )
             return {
                 "account": ledger.buyer(account_id),
-                "balance": _money(ledger.balance(db, ledger.buyer(account_id))),
+                "balance": money_text(ledger.balance(db, ledger.buyer(account_id))),
             }
 
     def _own(self, db, caller: Caller, job_id: str) -> Job:
@@ -329,9 +336,3 @@ def _reasons(bid, asks, now, fee_bps) -> dict[str, str]:
         a.seller_id: explain(bid, a, now, fee_bps) or "eligible, but not among the cheapest"
         for a in asks
     }
-
-
-def _money(micros: int) -> str:
-    """Exact decimal text of integer micro-units (no float on the way)."""
-    whole, frac = divmod(abs(micros), 1_000_000)
-    return f"{'-' if micros < 0 else ''}{whole}.{frac:06d}"

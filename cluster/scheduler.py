@@ -246,7 +246,9 @@ class LeaseScheduler:
                 select(Lease).where(Lease.state == LeaseState.PROVISIONING.value)
             ):
                 members = self._members(db, lease.id)
-                if members and all(m.state == MemberState.ATTACHED.value for m in members):
+                if lost := self._lost_member(db, lease.id):
+                    self._replace_before_start(db, lease, lost, now)
+                elif members and all(m.state == MemberState.ATTACHED.value for m in members):
                     ready.append(lease.id)
                 elif now - lease.created_at > PROVISION_TIMEOUT_S:
                     self.start_release(
@@ -412,15 +414,7 @@ class LeaseScheduler:
             else:
                 self.start_release(db, lease, reason, JobState.FAILED)
             return
-        spec = job_from_record(job.spec)
-        members = {
-            m.seller_id
-            for m in db.scalars(select(LeaseMember).where(LeaseMember.lease_id == lease.id))
-        }
-        asks = [a for a in self.asks_now(db, now) if a.seller_id not in members]
-        bid = bid_for(job.id, spec)
-        single = dataclasses.replace(bid, nodes=1)
-        decision = OrderBook(asks, now, self.c.config.market.fee_bps).place(single)
+        decision = self._replacement(db, lease, job, now)
         if not isinstance(decision, Match):
             self.start_release(
                 db,
@@ -432,6 +426,36 @@ class LeaseScheduler:
             return
         seller = _assign(db, lease.id, decision.allocations[0], driver=False, now=now)
         log.info("lease %s repaired: %s replaces %s", lease.id, seller.id, lost.seller_id)
+
+    def _replace_before_start(self, db, lease: Lease, lost: LeaseMember, now: float) -> None:
+        """A member's node failed to start (or its seller went offline) while the lease
+        was forming: nothing ran yet, so another seller takes its place, the driver's role
+        included; without one the job goes back to the queue rather than failing."""
+        job = db.get(Job, lease.job_id)
+        lost.state = MemberState.DROPPED.value
+        decision = self._replacement(db, lease, job, now)
+        if not isinstance(decision, Match):
+            self.requeue(
+                db, lease, f"seller {lost.seller_id}'s node failed to join ({decision.reason})"
+            )
+            return
+        seller = _assign(db, lease.id, decision.allocations[0], driver=lost.driver, now=now)
+        log.warning(
+            "lease %s: %s's node failed to join; %s takes its place",
+            lease.id,
+            lost.seller_id,
+            seller.id,
+        )
+
+    def _replacement(self, db, lease: Lease, job: Job, now: float):
+        """The market's pick of one seller for `job`'s lease, from sellers not yet in it."""
+        members = {
+            m.seller_id
+            for m in db.scalars(select(LeaseMember).where(LeaseMember.lease_id == lease.id))
+        }
+        asks = [a for a in self.asks_now(db, now) if a.seller_id not in members]
+        single = dataclasses.replace(bid_for(job.id, job_from_record(job.spec)), nodes=1)
+        return OrderBook(asks, now, self.c.config.market.fee_bps).place(single)
 
     # -- releasing -> closed --------------------------------------------------------------
 

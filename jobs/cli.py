@@ -156,6 +156,11 @@ def jobs_status(
             f"{serve['requests']} requests, {serve['prompt_tokens']} prompt + "
             f"{serve['completion_tokens']} completion tokens"
         )
+        if replicas := serve.get("replicas"):
+            typer.echo(
+                f"  replicas: {replicas['running']} running, {replicas.get('pending', 0)} "
+                f"pending (autoscaling {replicas['min']}-{replicas['max']})"
+            )
     if job.get("model_version"):
         typer.echo(f"  model version: {job['model_version']}")
     if job["cost"]:
@@ -180,6 +185,8 @@ def sweeps_show(
 
 def leaderboard_lines(board: dict) -> list[str]:
     """The leaderboard as text: metric against cost, and how the costs add up to the bill."""
+    from computeswarm.jobs.spec import money_text
+
     status = board.get("status") or {}
     lines = [
         f"{board['job_id']}: {board['state']}, {len(board['trials'])} trials of "
@@ -200,7 +207,7 @@ def leaderboard_lines(board: dict) -> list[str]:
                 str(t["iterations"]),
                 t["state"],
                 f"{t['gpu_seconds']:.1f}",
-                _money(t["cost_micros"]),
+                money_text(t["cost_micros"]),
             ]
         )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -208,12 +215,13 @@ def leaderboard_lines(board: dict) -> list[str]:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
     spent = board["trials_cost_micros"]
     cap = board.get("cost_cap_micros")
-    lines.append(f"trials: {_money(spent)}" + (f" of a {_money(cap)} cap" if cap else ""))
+    lines.append(f"trials: {money_text(spent)}" + (f" of a {money_text(cap)} cap" if cap else ""))
     if board.get("bill_micros") is not None:
         lines.append(
-            f"lease overhead (formation, imports, idle GPUs): {_money(board['overhead_micros'])}"
+            "lease overhead (formation, imports, idle GPUs): "
+            + money_text(board["overhead_micros"])
         )
-        lines.append(f"bill: {_money(board['bill_micros'])}")
+        lines.append(f"bill: {money_text(board['bill_micros'])}")
     if board.get("model_version"):
         lines.append(f"best trial registered as {board['model_version']}")
     return lines
@@ -221,11 +229,6 @@ def leaderboard_lines(board: dict) -> list[str]:
 
 def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _money(micros: int) -> str:
-    whole, frac = divmod(abs(micros), 1_000_000)
-    return f"{'-' if micros < 0 else ''}{whole}.{frac:06d}"
 
 
 @jobs_app.command("logs")

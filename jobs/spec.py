@@ -39,6 +39,12 @@ _GPUS = re.compile(
 )
 
 
+def money_text(micros: int) -> str:
+    """Exact decimal text of integer micro-units, as the API and the CLI print money."""
+    whole, frac = divmod(abs(micros), MICROS)
+    return f"{'-' if micros < 0 else ''}{whole}.{frac:06d}"
+
+
 class GpuRequest(StrictModel):
     """Which GPUs: a model (or any), a VRAM floor, a count. Shorthand: `RTX4090:24GB:2`."""
 

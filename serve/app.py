@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 MAX_MODELS_PER_REPLICA = 8  # adapters (and the base) one replica keeps attached at most
 DEFAULTS = {"replicas": {"min": 1, "max": 1}, "max_concurrent_requests": 8, "max_tokens": 128}
+# Autoscaling within the lease: its GPUs are paid for whether a replica runs on them or
+# not, so a replica is added within seconds of load (Serve's default waits 30 s, on
+# metrics pushed every 10 s); it is removed after Serve's default 10 minutes without it.
+AUTOSCALING = {"metrics_interval_s": 1.0, "look_back_period_s": 5.0, "upscale_delay_s": 2.0}
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,7 @@ def bind(options: ServeOptions):
             "initial_replicas": max(options.min_replicas, 1),
             "max_replicas": options.max_replicas,
             "target_ongoing_requests": options.target_ongoing_requests,
+            **AUTOSCALING,
         },
         ray_actor_options={"num_gpus": 1, "num_cpus": 1},
     ).bind(options.replica_config())

@@ -30,6 +30,7 @@ from pathlib import Path
 from computeswarm.errors import UserError
 
 READY_TIMEOUT_S = 300.0
+STATUS_EVERY_S = 2.0  # how often serve.json follows the replica count (autoscaling, losses)
 EXIT_SPEC_ERROR = 2
 
 
@@ -84,8 +85,8 @@ def main(argv: list[str]) -> int:
             serve.shutdown()
         raise
     print(f"serving {', '.join(status['models'])} at {endpoint.url}", flush=True)
-    while not stop.wait(1.0):
-        pass
+    while not stop.wait(STATUS_EVERY_S):
+        status = refresh_replicas(status, options.name, run_dir)
     print("stopping: shutting Serve down", flush=True)
     serve.shutdown()
     write_status(run_dir, {**status, "state": "stopped", "stopped_at": time.time()})
@@ -141,7 +142,7 @@ def start(options, endpoint: Endpoint, run_dir: Path, timeout: float = READY_TIM
         "replicas": {
             "min": options.min_replicas,
             "max": options.max_replicas,
-            "running": running_replicas(options.name),
+            **replica_counts(options.name),
         },
         "max_concurrent_requests": options.max_concurrent_requests,
         "max_tokens": options.max_tokens,
@@ -171,19 +172,35 @@ def wait_until_answering(endpoint: Endpoint, timeout: float) -> list[str]:
     raise TimeoutError(f"{endpoint.probe_url}/v1/models did not answer in {timeout:.0f} s: {last}")
 
 
-def running_replicas(app_name: str) -> int:
+def replica_counts(app_name: str) -> dict[str, int]:
+    """{"running": n, "pending": m}: replicas answering, and those starting or being
+    replaced (say after their seller was lost). Zeros when Serve cannot say."""
     from ray import serve
 
     try:
         app = serve.status().applications[app_name]
     except Exception:  # status is informational; never fail the job over it
-        return 0
-    return sum(
-        count
-        for deployment in app.deployments.values()
-        for state, count in deployment.replica_states.items()
-        if str(getattr(state, "value", state)) == "RUNNING"
-    )
+        return {"running": 0, "pending": 0}
+    counts = {"running": 0, "pending": 0}
+    for deployment in app.deployments.values():
+        for state, count in deployment.replica_states.items():
+            name = str(getattr(state, "value", state))
+            if name == "RUNNING":
+                counts["running"] += count
+            elif name != "STOPPING":
+                counts["pending"] += count
+    return counts
+
+
+def refresh_replicas(status: dict, app_name: str, run_dir: Path) -> dict:
+    """serve.json with the replica counts of now, rewritten only when they changed."""
+    counts = replica_counts(app_name)
+    if all(status["replicas"].get(k) == v for k, v in counts.items()):
+        return status
+    status = {**status, "replicas": {**status["replicas"], **counts}}
+    write_status(run_dir, status)
+    print(f"replicas: {counts['running']} running, {counts['pending']} pending", flush=True)
+    return status
 
 
 def write_status(run_dir: Path, status: dict) -> None:

@@ -48,7 +48,7 @@ def train_lora_trial(config: dict) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from computeswarm.jobs.train.data import IGNORE, encode, read_jsonl, split
-    from computeswarm.jobs.train.lora import lora_targets, micro_batch, total_steps
+    from computeswarm.jobs.train.lora import evaluate, lora_targets, micro_batch, total_steps
 
     torch.set_num_threads(1)  # several trials share a seller's cores
     trial = config["trial"]
@@ -181,36 +181,6 @@ def resolve(path: str, workdir: str | None = None) -> Path:
         if local.exists():
             return local
     return candidate
-
-
-def evaluate(model, examples: list, size: int, device) -> dict:
-    """Held-out loss and next-token accuracy (lora.py's `_evaluate`, on `device` and
-    without the all-reduce: a sweep trial is one process)."""
-    import torch
-
-    from computeswarm.jobs.train.data import IGNORE
-
-    loss_sum, correct, tokens = 0.0, 0, 0
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(examples), size):
-            batch = examples[start : start + size]
-            ids = torch.tensor([e.input_ids for e in batch], device=device)
-            labels = torch.tensor([e.labels for e in batch], device=device)[:, 1:]
-            logits = model(input_ids=ids).logits[:, :-1].float()
-            mask = labels != IGNORE
-            loss_sum += torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)),
-                labels.reshape(-1),
-                ignore_index=IGNORE,
-                reduction="sum",
-            ).item()
-            correct += (logits.argmax(-1)[mask] == labels[mask]).sum().item()
-            tokens += mask.sum().item()
-    model.train(was_training)
-    tokens = max(tokens, 1)
-    return {"eval_loss": loss_sum / tokens, "token_accuracy": correct / tokens}
 
 
 def _already_finished(config: dict) -> bool:

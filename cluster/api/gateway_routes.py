@@ -3,7 +3,9 @@
 A buyer's OpenAI client points `base_url` at `http://<coordinator>/v1/serve/<job_id>/v1`
 with its ComputeSwarm API key as the bearer token. The key never travels upstream.
 Errors are JSON `{"error": code, "detail": message}`; retryable ones (429, 503) also
-carry `"retryable": true` and `Retry-After`.
+carry `"retryable": true` and `Retry-After`. The serve app's own 4xx answers are relayed as
+they are; its 5xx (a replica died under the request, none is up yet) become the retryable
+503, as does an unreachable app.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from computeswarm.cluster.gateway import (
     ROUTES,
     Admitted,
     GatewayBackend,
+    InferenceRequest,
     PayloadTooLarge,
     RequestUsage,
     ServeLimiter,
-    ServeRequest,
     ServeTarget,
     SseUsageReader,
     UpstreamUnavailable,
@@ -117,6 +119,8 @@ class _Gateway:
             return _error(e)
         except httpx.TransportError as e:
             return _error(_unavailable(e))
+        if failed := _server_failure(response.status_code, response.content):
+            return _error(failed)
         return _relayed(response.content, response)
 
     async def infer(self, route: str, job_id: str, request: Request, who: Caller) -> Response:
@@ -152,6 +156,11 @@ class _Gateway:
             return _error(_unavailable(e), background=call.record_task(503, None))
         finally:
             await upstream.aclose()
+        if failed := _server_failure(upstream.status_code, content):
+            # Serve answers 5xx when the replica died under the request (its seller was
+            # lost) or none is up yet: nothing was generated, so nothing is charged.
+            call.refund()
+            return _error(failed, background=call.record_task(failed.status, None))
         usage = _json_usage(content)
         call.settle(usage)
         return _relayed(content, upstream, background=call.record_task(upstream.status_code, usage))
@@ -198,7 +207,7 @@ class _Call:
         job_id: str,
         who: Caller,
         target: ServeTarget,
-        serve: ServeRequest,
+        serve: InferenceRequest,
         charged: int,
         started: float,
     ):
@@ -284,7 +293,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _accept(serve: ServeRequest) -> dict[str, str]:
+def _accept(serve: InferenceRequest) -> dict[str, str]:
     return {"accept": "text/event-stream" if serve.stream else "application/json"}
 
 
@@ -308,6 +317,14 @@ def _relayed(
         media_type=upstream.headers.get("content-type", "application/json"),
         background=background,
     )
+
+
+def _server_failure(status: int, content: bytes) -> UpstreamUnavailable | None:
+    """A 5xx from upstream as the gateway's retryable 503 (None for any other status)."""
+    if status < 500:
+        return None
+    said = content[:200].decode(errors="replace").strip() or "no detail"
+    return UpstreamUnavailable(f"the serve app failed the request (HTTP {status}: {said}); retry")
 
 
 def _unavailable(e: httpx.TransportError) -> UpstreamUnavailable:

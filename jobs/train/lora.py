@@ -147,7 +147,7 @@ def train_lora_worker(config: dict) -> None:
             with open(Path(config["run_dir"]) / "events.log", "a") as f:
                 f.write(f"resumed {step} {folder.name}\n")
     if base_metrics is None:
-        base_metrics = _evaluate(forward, eval_shard, ds["micro_batch"])
+        base_metrics = evaluate(forward, eval_shard, ds["micro_batch"])
         _say(rank, f"base eval_loss {base_metrics['eval_loss']:.4f}")
 
     def loss_of(batch) -> torch.Tensor:
@@ -181,10 +181,7 @@ def train_lora_worker(config: dict) -> None:
             optimizer.zero_grad()
         step += 1
         if local and world > 1 and step % sync_every == 0:
-            with torch.no_grad():
-                for p in trainable:  # local SGD: average the adapters, not the gradients
-                    dist.all_reduce(p.data)
-                    p.data /= world
+            _average(trainable, world)  # local SGD: average the adapters, not the gradients
         mean = sum(losses) / len(losses)
         if rank == 0:
             elapsed = time.perf_counter() - started
@@ -199,7 +196,7 @@ def train_lora_worker(config: dict) -> None:
         }
         last = step == steps
         if step % training["eval_every"] == 0 or last:
-            metrics.update(_evaluate(forward, eval_shard, size))
+            metrics.update(evaluate(forward, eval_shard, size))
             if rank == 0:
                 _say(
                     rank,
@@ -208,10 +205,7 @@ def train_lora_worker(config: dict) -> None:
                 )
         if step % training["checkpoint_every"] == 0 or last:
             if local and world > 1 and step % sync_every:
-                with torch.no_grad():  # a checkpoint holds one adapter: average first
-                    for p in trainable:
-                        dist.all_reduce(p.data)
-                        p.data /= world
+                _average(trainable, world)  # a checkpoint holds one adapter: average first
             with tempfile.TemporaryDirectory() as folder:
                 _save(folder, rank, step, base_metrics, model, engine, optimizer)
                 ray.train.report(
@@ -273,8 +267,20 @@ def _save(folder, rank, step, base_metrics, model, engine, optimizer) -> None:
         (folder / "state.json").write_text(json.dumps({"step": step, "base": base_metrics}))
 
 
-def _evaluate(forward, examples: list, size: int) -> dict:
-    """Loss and next-token accuracy on the held-out labels, summed over all ranks."""
+def _average(params: list, world: int) -> None:
+    """Every rank's parameters replaced by their mean across the ranks."""
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for p in params:
+            dist.all_reduce(p.data)
+            p.data /= world
+
+
+def evaluate(forward, examples: list, size: int, device=None) -> dict:
+    """Loss and next-token accuracy on the held-out labels, summed over all ranks when
+    training is distributed (a sweep trial is one process: nothing to sum there)."""
     import torch
     import torch.distributed as dist
 
@@ -284,8 +290,8 @@ def _evaluate(forward, examples: list, size: int) -> dict:
     with torch.no_grad():
         for start in range(0, len(examples), size):
             batch = examples[start : start + size]
-            ids = torch.tensor([e.input_ids for e in batch])
-            labels = torch.tensor([e.labels for e in batch])[:, 1:]
+            ids = torch.tensor([e.input_ids for e in batch], device=device)
+            labels = torch.tensor([e.labels for e in batch], device=device)[:, 1:]
             logits = forward(input_ids=ids).logits[:, :-1].float()
             mask = labels != IGNORE
             loss = torch.nn.functional.cross_entropy(

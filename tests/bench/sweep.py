@@ -297,42 +297,18 @@ def _bench(
 
 
 def _sweep_spec(trials: int) -> dict:
-    """The e2e test's sweep (`sweep_spec`), with `trials` samples and room for a slow box."""
-    return {
-        "kind": "sweep",
+    """The e2e test's sweep, with `trials` samples and room for a slow box."""
+    from computeswarm.tests.e2e.test_sweep_and_serve import sweep_spec
+
+    return sweep_spec(trials) | {
         "name": "bench-sweep",
-        "runtime_env": {"working_dir": "."},
         "resources": {
             "gpus": f"RTX4090:24GB:{SELLERS}",
             "nodes": SELLERS,
             "memory_gb_per_node": 1.5,
         },
-        "pricing": {"max_price_per_gpu_hour": "0.60", "budget": "0.50"},
         "max_duration": "30m",
-        "trial": {
-            "lora": {
-                "model": "model",
-                "dataset": "data.jsonl",
-                "training": {
-                    "steps": 200,
-                    "max_seq_len": 16,
-                    "eval_every": 20,
-                    "checkpoint_every": 20,
-                },
-                "lora": {"rank": 4},
-                "micro_batch": 8,
-            }
-        },
-        "search_space": {
-            "training.learning_rate": {"loguniform": [1e-5, 3e-2]},
-            "lora.rank": {"choice": [2, 4, 8]},
-        },
-        "metric": "eval_loss",
-        "mode": "min",
-        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
-        "num_samples": trials,
         "max_concurrent_trials": CONCURRENT,
-        "seed": 3,
     }
 
 

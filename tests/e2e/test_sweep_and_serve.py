@@ -154,7 +154,8 @@ def peft_greedy(folder, adapter: str, prompt: str, max_tokens: int) -> str:
     return tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def sweep_spec() -> dict:
+def sweep_spec(trials: int = TRIALS) -> dict:
+    """LoRA trials of a tiny GPT-2 on a 2-seller lease (the benchmark runs it too)."""
     return {
         "kind": "sweep",
         "name": "wg-sweep",
@@ -184,7 +185,7 @@ def sweep_spec() -> dict:
         "metric": "eval_loss",
         "mode": "min",
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
-        "num_samples": TRIALS,
+        "num_samples": trials,
         "max_concurrent_trials": 2,
         "seed": 3,
     }

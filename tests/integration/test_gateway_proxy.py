@@ -16,7 +16,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.testclient import TestClient
 
 from computeswarm.cluster.accounts import Caller, Role
@@ -57,6 +57,8 @@ def fake_serve_app(seen: list[dict]) -> FastAPI:
         seen.append({"path": request.url.path, "headers": dict(request.headers), "body": body})
         if body["model"] == "bad":
             return JSONResponse({"error": "no such model"}, status_code=400)
+        if body["model"] == "lost":  # what Ray Serve's proxy says when the replica died
+            return PlainTextResponse("RayActorError: the actor died unexpectedly", 500)
         if not body.get("stream"):
             return {"id": "c1", "choices": [{"index": 0, "text": "Hello"}], "usage": USAGE}
         return StreamingResponse(_events(mode), media_type="text/event-stream")
@@ -351,6 +353,24 @@ def test_serve_app_errors_are_forwarded(swarm: Swarm):
     assert r.status_code == 400
     assert r.json() == {"error": "no such model"}
     assert swarm.backend.recorded(job).status == 400
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_replica_dying_under_a_request_is_a_retryable_503_and_not_charged(
+    swarm: Swarm, stream: bool
+):
+    job = swarm.serve_job()
+    r = swarm.http.post(
+        f"/v1/serve/{job}/v1/completions",
+        json=COMPLETION | {"model": "lost", "stream": stream},
+        headers=A,
+    )
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "1"
+    assert r.json()["error"] == "upstream_unavailable" and r.json()["retryable"] is True
+    assert "HTTP 500: RayActorError" in r.json()["detail"]
+    usage = swarm.backend.recorded(job)
+    assert (usage.status, usage.prompt_tokens, usage.completion_tokens) == (503, 0, 0)
 
 
 def _closed_port_url() -> str:

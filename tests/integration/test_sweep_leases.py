@@ -1,6 +1,7 @@
 """A sweep's lease on the real coordinator and store: sellers with no trial left leave the
 lease as soon as no more trials will launch, and stop being billed there; a sweep whose
-lease ends under it goes back to the queue instead of failing."""
+lease ends under it goes back to the queue instead of failing; a seller whose node fails
+to join a forming lease is replaced (or the job requeued)."""
 
 from __future__ import annotations
 
@@ -119,11 +120,7 @@ def tick_at(head, now: float) -> None:
 
 def quiet(head) -> None:
     """Stop the coordinator's own loops, so each step here is one tick at a known time."""
-    c = head.coordinator
-    c._stop.set()
-    c._wake.set()
-    for thread in c._threads:
-        thread.join(15)
+    head.coordinator.stop_loops()
 
 
 def test_idle_sellers_leave_a_sweep_lease_once_no_trial_will_launch(sqlite_head, tmp_path):
@@ -183,3 +180,43 @@ def _succeeded():
     from computeswarm.jobs.states import JobState
 
     return JobState.SUCCEEDED
+
+
+@pytest.mark.parametrize("spare", [True, False])
+def test_a_node_failing_to_join_a_forming_lease_is_replaced_or_the_job_requeued(
+    sqlite_head, tmp_path, spare
+):
+    """The driver's seller reports its Ray node failed to start while the lease forms:
+    a spare seller takes its place (driver role included); without one the job waits in
+    the queue instead of hanging until the formation timeout."""
+    head = sqlite_head
+    quiet(head)
+    _, (driver, other), _, _ = running_sweep(head, tmp_path)
+    with head.coordinator.store.transaction() as db:
+        db.get(Lease, "l-sweep").state = LeaseState.PROVISIONING.value
+        db.get(Job, "j-sweep").state = "scheduled"
+        member = db.scalars(select(LeaseMember).where(LeaseMember.seller_id == driver)).one()
+        member.state, member.detached_at = MemberState.LOST.value, head.clock()
+    if spare:
+        seller = head.enroll("spare")
+        auth = head.auth(seller["api_key"])
+        url = f"/v1/sellers/{seller['seller_id']}"
+        offer = {"price_per_gpu_hour": "0.5"}
+        assert head.http.put(f"{url}/offer", headers=auth, json=offer).is_success
+        gpus = [{"model": "RTX4090", "vram_gb": 24, "simulated": True}]
+        beat = head.http.post(f"{url}/heartbeat", headers=auth, json={"gpus": gpus})
+        assert beat.json()["state"] == "online", beat.text
+    tick_at(head, head.clock() + 1)
+    with head.coordinator.store.transaction() as db:
+        job, lease = db.get(Job, "j-sweep"), db.get(Lease, "l-sweep")
+        states = {m.seller_id: (m.state, m.driver) for m in members(head).values()}
+        if spare:
+            assert (job.state, lease.state) == ("scheduled", "provisioning")
+            assert states == {
+                driver: ("dropped", True),
+                other: ("attached", False),
+                seller["seller_id"]: ("assigned", True),
+            }
+        else:
+            assert job.state == "pending" and "node failed to join" in job.reason, job.reason
+            assert lease.state == "closed" and driver in lease.reason

@@ -14,18 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from computeswarm.cluster.client import CoordinatorClient
 from computeswarm.jobs.train.data import synthetic_addition
 from computeswarm.jobs.train.tiny import make_tiny_model
 from computeswarm.jobs.upload import pack_working_dir
 from tests.integration.test_leases_loopback import (
-    CS,
-    Swarm,
-    _admin_key,
-    _free_port,
     _settled,
     _state,
     _until,
+    loopback_swarm,
 )
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Ray lease nodes need Linux")
@@ -35,31 +31,8 @@ SELLERS = {"s1": "0.30", "s2": "0.35", "s3": "0.40"}
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory):
     root = tmp_path_factory.mktemp("training-swarm")
-    swarm = Swarm(root, _free_port())
-    env = {
-        "COMPUTESWARM_HEAD__HEARTBEAT__INTERVAL_S": "0.5",
-        "COMPUTESWARM_HEAD__HEARTBEAT__TIMEOUT_S": "3",
-        "COMPUTESWARM_HEAD__OVERLAY__INTERFACE": f"csl{swarm.port}",
-    }
-    head = [*CS, "head", "up", "--state-dir", str(root / "head"), "--port", str(swarm.port)]
-    try:
-        swarm.spawn("head", [*head, "--host", "0.0.0.0", "--backend", "none"], env)
-        swarm.admin = CoordinatorClient(swarm.url, _admin_key(root, swarm.url))
-        for name, price in SELLERS.items():
-            swarm.join(name, "RTX4090:24GB:1", price)
-        account = swarm.admin.create_account("trainer", "buyer")
-        swarm.admin.deposit(account["account_id"], "10")
-        swarm.buyer = CoordinatorClient(swarm.url, account["api_key"], timeout=60)
-        _until(
-            lambda: (
-                sum(s["state"] == "online" and bool(s["offer"]) for s in swarm.admin.sellers()) == 3
-            ),
-            "sellers online",
-        )
-        swarm.ids = {s["name"]: s["id"] for s in swarm.admin.sellers()}
-        yield swarm
-    finally:
-        swarm.stop()
+    sellers = {name: ("RTX4090:24GB:1", price) for name, price in SELLERS.items()}
+    yield from loopback_swarm(root, sellers, "trainer", 3)
 
 
 @pytest.fixture(scope="module")
