@@ -69,6 +69,9 @@ HEAD_OBJECT_STORE_BYTES = 80 * 1024 * 1024
 # Jobs that go back to the queue when their lease ends under them: a sweep restores its
 # experiment on the next lease, a serve job starts its app again (the gateway follows).
 RESUMABLE_KINDS = ("sweep", "serve")
+# Ray's word for a job whose supervisor (on the driver's node) died with the node: the
+# job did not fail, its seller did, and Ray can say so before the heartbeats do.
+DRIVER_NODE_LOST = ("JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE")
 _UNSETTLED = (
     LeaseState.MATCHED.value,
     LeaseState.PROVISIONING.value,
@@ -351,10 +354,19 @@ class LeaseScheduler:
             ]
             self._lose_vanished_members(db, now)
         for lease_id, job_id in running:
-            status = self._job_status(lease_id, job_id)
+            status, error = self._job_status(lease_id, job_id)
             with self.c.store.transaction() as db:
                 lease, job = db.get(Lease, lease_id), db.get(Job, job_id)
-                if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                if status == "FAILED" and error in DRIVER_NODE_LOST:
+                    driver = next(
+                        (m.seller_id for m in self._members(db, lease_id) if m.driver), "?"
+                    )
+                    reason = f"seller {driver} (running the job's driver) was lost (Ray: {error})"
+                    if job.kind in RESUMABLE_KINDS:
+                        self.requeue(db, lease, reason)
+                    else:
+                        self.start_release(db, lease, reason, JobState.FAILED)
+                elif status in ("SUCCEEDED", "FAILED", "STOPPED"):
                     final = {
                         "SUCCEEDED": JobState.SUCCEEDED,
                         "FAILED": JobState.FAILED,
@@ -631,15 +643,19 @@ class LeaseScheduler:
         self._dashboards[lease_id] = (url, headers)
         return client
 
-    def _job_status(self, lease_id: str, job_id: str) -> str | None:
+    def _job_status(self, lease_id: str, job_id: str) -> tuple[str | None, str | None]:
+        """The Ray job's status and, once it failed, Ray's error type (None, None while
+        the head does not answer)."""
         client = self._client(lease_id)
         if client is None:
-            return None
+            return None, None
         try:
-            return str(client.get_job_status(f"{job_id}-{lease_id}").value)
+            info = client.get_job_info(f"{job_id}-{lease_id}")
         except Exception as e:
             log.warning("lease %s: job status unavailable: %s", lease_id, e)
-            return None
+            return None, None
+        error = getattr(info, "error_type", None)
+        return str(info.status.value), (str(getattr(error, "value", error)) if error else None)
 
     def job_logs(self, job_id: str) -> str:
         """The driver's output so far: live from the lease, or saved after it ended."""

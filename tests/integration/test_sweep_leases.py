@@ -220,3 +220,32 @@ def test_a_node_failing_to_join_a_forming_lease_is_replaced_or_the_job_requeued(
         else:
             assert job.state == "pending" and "node failed to join" in job.reason, job.reason
             assert lease.state == "closed" and driver in lease.reason
+
+
+@pytest.mark.parametrize(
+    ("error", "requeued"),
+    [("JOB_SUPERVISOR_ACTOR_DIED", True), ("JOB_ENTRYPOINT_COMMAND_ERROR", False)],
+)
+def test_ray_saying_the_driver_node_died_requeues_before_the_heartbeats_do(
+    sqlite_head, tmp_path, monkeypatch, error, requeued
+):
+    """Ray marks the job FAILED as soon as the driver's node dies, seconds before the
+    seller misses its heartbeats: a sweep goes back to the queue all the same; a failure
+    of the sweep's own driver code still fails it."""
+    head = sqlite_head
+    quiet(head)
+    _, (driver, _), _, _ = running_sweep(head, tmp_path)
+    monkeypatch.setattr(
+        head.coordinator.scheduler, "_job_status", lambda lease_id, job_id: ("FAILED", error)
+    )
+    tick_at(head, head.clock() + 1)
+    with head.coordinator.store.transaction() as db:
+        job, lease = db.get(Job, "j-sweep"), db.get(Lease, "l-sweep")
+        if requeued:
+            assert (
+                job.state == "pending"
+                and f"seller {driver} (running the job's driver) was lost" in job.reason
+            ), job.reason
+            assert lease.state == "closed"
+        else:
+            assert job.state == "failed" and lease.state == "failed", (job.reason, lease.state)
