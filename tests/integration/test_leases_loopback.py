@@ -269,6 +269,12 @@ def revive(swarm, name: str) -> None:
     )
 
 
+def _all_online(swarm) -> bool:
+    """The module's sellers are online (an earlier test may have added s4)."""
+    online = {s["name"] for s in swarm.admin.sellers() if s["state"] == "online"}
+    return online >= set(SELLERS)
+
+
 def _state(swarm, job_id: str, *states: str, reason: str = "") -> dict | None:
     current = swarm.buyer.job(job_id)
     return current if current["state"] in states and reason in current["reason"] else None
@@ -350,7 +356,7 @@ def test_a_serve_lease_scales_with_load_and_replaces_a_lost_replicas_seller(swar
     from computeswarm.jobs.upload import pack_working_dir
     from tests.integration.test_serve_app import make_models
 
-    _until(lambda: sum(s["state"] == "online" for s in swarm.admin.sellers()) == 3, "all online")
+    _until(lambda: _all_online(swarm), "s1, s2 and s3 online")
     make_models(tmp_path / "job")  # tiny-gpt2 and adapters/adder
     spec = {
         "kind": "serve",
@@ -507,7 +513,7 @@ def test_a_sweep_whose_driver_seller_vanishes_resumes_on_a_new_lease(swarm, tmp_
     from computeswarm.jobs.upload import pack_working_dir
     from tests.e2e.test_sweep_and_serve import FINISHED, sweep_spec
 
-    _until(lambda: sum(s["state"] == "online" for s in swarm.admin.sellers()) == 3, "all online")
+    _until(lambda: _all_online(swarm), "s1, s2 and s3 online")
     make_tiny_model(tmp_path / "job" / "model", "gpt2", layers=2, width=32)
     synthetic_addition(tmp_path / "job" / "data.jsonl", n=300)
     trials = 4
