@@ -346,6 +346,7 @@ def test_supply_that_appears_later_is_matched_in_queue_order(swarm):
     assert done_second["started_at"] >= done_first["ended_at"]
 
 
+@pytest.mark.slow  # ~2 min; a replacement's Ray node once timed out joining (see the note)
 def test_a_serve_lease_scales_with_load_and_replaces_a_lost_replicas_seller(swarm, tmp_path):
     """Serve on a 2-seller lease: load adds the second replica; the seller under one
     replica vanishes mid-request; requests in flight end with a retryable error, not a
@@ -401,7 +402,6 @@ def test_a_serve_lease_scales_with_load_and_replaces_a_lost_replicas_seller(swar
             time.sleep(1.0)  # both replicas busy: each request takes about a second
             killed = time.monotonic()
             swarm.vanish(name)
-            load.clients = 0  # the requests in flight end; the replacement starts sooner
 
             def repaired():
                 current = replicas(2)
@@ -412,7 +412,10 @@ def test_a_serve_lease_scales_with_load_and_replaces_a_lost_replicas_seller(swar
                 }
                 return len(attached) == 2 and victim["seller_id"] not in attached and current
 
+            # The replica's process outlives its raylet by seconds: requests keep meeting
+            # it until it dies under one of them.
             _until(lambda: not replicas(2), "Serve noticing the lost replica", timeout=30)
+            load.clients = 0  # the replacement starts sooner
             back = _until(repaired, "the lost replica back on a replacement", timeout=150)
             restored = time.monotonic()
             load.clients = 3
@@ -420,10 +423,11 @@ def test_a_serve_lease_scales_with_load_and_replaces_a_lost_replicas_seller(swar
         who = ["--coordinator", swarm.url, "--api-key", swarm.buyer_key]
         shown = CliRunner().invoke(app, ["jobs", "status", job_id, *who])
         assert "replicas: 2 running, 0 pending (autoscaling 1-2)" in shown.output, shown.output
+        noticed = [r for r in load.results if r.ended > killed and r.started < restored]
         in_flight = [r for r in load.results if r.started < killed < r.ended]
         after = [r for r in load.results if r.started > restored]
         assert {r.outcome for r in load.results} <= {"ok", "retryable"}, load.other()
-        assert "retryable" in {r.outcome for r in in_flight}, in_flight
+        assert "retryable" in {r.outcome for r in noticed}, noticed
         assert all(r.ended - killed < 65 for r in in_flight), "a request hung on the lost replica"
         assert after and all(r.outcome == "ok" for r in after), after
         assert back["state"] == "running" and back["lease"]["id"] == started["lease"]["id"]
