@@ -71,6 +71,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from computeswarm.tests.bench.leftovers import processes_with
 from computeswarm.tunnel import netns
 
 SYNC_EVERY = 8
@@ -524,31 +525,10 @@ def _leftovers(root: Path, run_id: str | None) -> list[str]:
     deadline = time.monotonic() + 10  # processes just signalled may take a moment
     while True:
         namespaces = [ns for ns in netns.list_all() if run_id and f"-{run_id}-" in ns]
-        processes = _marked_processes(str(root))
+        processes = processes_with([f"{MARKER_ENV}={root}"])
         if not (namespaces or processes) or time.monotonic() > deadline:
             return [f"namespace {ns}" for ns in namespaces] + [f"process {p}" for p in processes]
         time.sleep(0.5)
-
-
-def _marked_processes(root: str) -> list[str]:
-    needle = f"{MARKER_ENV}={root}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle not in f.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        found.append(f"{entry} {cmdline[:160]}")
-    return found
 
 
 def _report(
