@@ -362,10 +362,7 @@ class LeaseScheduler:
                         (m.seller_id for m in self._members(db, lease_id) if m.driver), "?"
                     )
                     reason = f"seller {driver} (running the job's driver) was lost (Ray: {error})"
-                    if job.kind in RESUMABLE_KINDS:
-                        self.requeue(db, lease, reason)
-                    else:
-                        self.start_release(db, lease, reason, JobState.FAILED)
+                    self._driver_lost(db, lease, job, reason)
                 elif status in ("SUCCEEDED", "FAILED", "STOPPED"):
                     final = {
                         "SUCCEEDED": JobState.SUCCEEDED,
@@ -420,11 +417,9 @@ class LeaseScheduler:
         job = db.get(Job, lease.job_id)
         lost.state = MemberState.DROPPED.value  # handled once: replaced, or the lease ends
         if lost.driver:
-            reason = f"seller {lost.seller_id} (running the job's driver) was lost"
-            if job.kind in RESUMABLE_KINDS:
-                self.requeue(db, lease, reason)
-            else:
-                self.start_release(db, lease, reason, JobState.FAILED)
+            self._driver_lost(
+                db, lease, job, f"seller {lost.seller_id} (running the job's driver) was lost"
+            )
             return
         decision = self._replacement(db, lease, job, now)
         if not isinstance(decision, Match):
@@ -438,6 +433,13 @@ class LeaseScheduler:
             return
         seller = _assign(db, lease.id, decision.allocations[0], driver=False, now=now)
         log.info("lease %s repaired: %s replaces %s", lease.id, seller.id, lost.seller_id)
+
+    def _driver_lost(self, db, lease: Lease, job: Job, reason: str) -> None:
+        """Sweeps and serve jobs go back to the queue; the other kinds fail."""
+        if job.kind in RESUMABLE_KINDS:
+            self.requeue(db, lease, reason)
+        else:
+            self.start_release(db, lease, reason, JobState.FAILED)
 
     def _replace_before_start(self, db, lease: Lease, lost: LeaseMember, now: float) -> None:
         """A member's node failed to start (or its seller went offline) while the lease
