@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from computeswarm.cluster import registry
+from computeswarm.cluster import registry, sandbox
 from computeswarm.cluster.accounts import Caller, KeyCache, Role, create_account
 from computeswarm.cluster.config import CoordinatorConfig
 from computeswarm.cluster.errors import Busy
@@ -171,6 +171,7 @@ class Coordinator:
             placement,
             public_tcp_ports=(self.config.listen_port,),
             overlay_tcp_ports=(self.config.listen_port,),
+            fenced_uids=sandbox.UID_RANGE,
         )
         self.backend_name = backend.name
         self.metrics.register(TunnelCollector(self._tunnel_snapshot))
@@ -321,9 +322,10 @@ class Coordinator:
         for lease_id, port_base, address in rows:
             groups.setdefault(lease_id, set()).add(address)
             services[lease_id] = (port_base, port_base + 99)
-        wanted = ({k: frozenset(v) for k, v in groups.items()}, services)
-        if wanted != (self.hub.groups, self.hub.services):  # rewrite rules only on change
-            self.hub.set_groups(*wanted)
+        heads = {lease_id: sandbox.lease_uid(low) for lease_id, (low, _) in services.items()}
+        wanted = ({k: frozenset(v) for k, v in groups.items()}, services, heads)
+        if wanted != (self.hub.groups, self.hub.services, self.hub.local_uids):
+            self.hub.set_groups(*wanted)  # rewrite rules only on change
 
     def wake_scheduler(self) -> None:
         self._wake.set()

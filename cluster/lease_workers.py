@@ -15,6 +15,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+from computeswarm.cluster import sandbox
 from computeswarm.cluster.gpus import Gpu
 from computeswarm.cluster.ray_nodes import (
     PortBlock,
@@ -87,16 +88,29 @@ class LeaseWorkers:
     def _start(self, a: dict) -> None:
         lease_dir = self.state_dir / "leases" / a["lease_id"]
         lease_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        token = lease_dir / "token"
-        token.write_text(a["token"])
-        token.chmod(0o600)
+        scratch = _temp_dir(a["lease_id"], a["port_base"])
+        files = a.get("files") or {}
+        uid = int(a.get("uid") or sandbox.lease_uid(a["port_base"]))
+        box = sandbox.Sandbox(
+            uid,
+            scratch,
+            read_only=tuple(files.get("read", ())),
+            # Only folders that exist here: on a real seller the coordinator's are elsewhere.
+            read_write=tuple(p for p in files.get("write", ()) if Path(p).is_dir()),
+        )
+        boxed = sandbox.check().ok
+        if boxed:
+            box.prepare()
+        token = sandbox.write_token(
+            scratch if boxed else lease_dir, a["token"], uid if boxed else None
+        )
         model = self.gpus[0].model if self.gpus else "none"
         vram = min((g.vram_gb for g in self.gpus), default=0)
         argv = worker_argv(
             head=a["head"],
             ip=self.ip,
             ports=PortBlock(a["port_base"]),
-            temp_dir=_temp_dir(a["lease_id"], a["port_base"]),
+            temp_dir=Path(sandbox.HOME) / "ray" if boxed else scratch,
             cpus=a["cpus"],
             gpus=a["gpus"],
             memory_bytes=a["memory_bytes"],
@@ -107,7 +121,13 @@ class LeaseWorkers:
         )
         log_path = lease_dir / "worker.log"
         log_path.unlink(missing_ok=True)
-        process = start_node(argv, {**node_env(token), **seller_node_env(self.ip)}, log_path)
+        if boxed:
+            env = box.env({**node_env(Path(sandbox.HOME) / token.name), **seller_node_env(self.ip)})
+            argv = box.argv(argv)
+        else:
+            log.warning("lease %s: NOT sandboxed (%s)", a["lease_id"], sandbox.check().reason)
+            env = {**node_env(token), **seller_node_env(self.ip)}
+        process = start_node(argv, env, log_path)
         self.nodes[a["lease_id"]] = (process, log_path)
         self._temp_dirs[a["lease_id"]] = _temp_dir(a["lease_id"], a["port_base"])
         self._save()

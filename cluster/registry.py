@@ -18,6 +18,7 @@ from computeswarm.cluster.accounts import Caller, Role, create_account, issue_ke
 from computeswarm.cluster.credentials import INVITE_KIND, new_token, parse_token, secret_matches
 from computeswarm.cluster.errors import Busy, Conflict, InvalidInvite, NotFound
 from computeswarm.cluster.leases import LeaseState, MemberState
+from computeswarm.cluster.sandbox import lease_uid
 from computeswarm.cluster.states import SellerEvent, SellerState, transition
 from computeswarm.cluster.store.models import Invite, Job, Lease, LeaseMember, Offer, Seller
 from computeswarm.tunnel.addresses import AddressPool
@@ -323,6 +324,7 @@ def assignments(db: Session | Connection, seller_id: str, head_ip: str) -> list[
             Lease.id,
             Lease.port_base,
             Lease.token,
+            Lease.files,
             Job.spec,
             Seller.address_int,
         )
@@ -357,6 +359,8 @@ def assignments(db: Session | Connection, seller_id: str, head_ip: str) -> list[
                 "driver": row.driver,
                 "port_base": worker_port_base(row.address_int),
                 "labels": {"cs-seller": seller_id, "cs-lease": row.id},
+                "uid": lease_uid(row.port_base),
+                "files": row.files or {},
             }
         )
     return out

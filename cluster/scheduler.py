@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 import httpx
 from sqlalchemy import select
 
-from computeswarm.cluster import ledger, serve_jobs, sweep_jobs, training_jobs
+from computeswarm.cluster import ledger, sandbox, serve_jobs, sweep_jobs, training_jobs
+from computeswarm.cluster.lease_files import lease_files
 from computeswarm.cluster.leases import (
     LeaseState,
     MemberState,
@@ -151,6 +152,11 @@ class LeaseScheduler:
                             job, JobState.FAILED, now, f"no match (queue: false): {decision.reason}"
                         )
                     continue
+                try:  # what the lease's sandboxes will see; a spec naming no such model fails
+                    files = lease_files(db, job, spec, self.c.storage_root)
+                except ComputeSwarmError as e:
+                    self._end_job(job, JobState.FAILED, now, f"cannot lease: {e}")
+                    continue
                 port = free_port_base(
                     used_ports,
                     HEAD_PORT_START,
@@ -159,10 +165,18 @@ class LeaseScheduler:
                     is_free=self._block_free,
                 )
                 used_ports = [*used_ports, port]
-                self._open_lease(db, job, spec, decision, port, escrow, now)
+                self._open_lease(db, job, spec, decision, port, escrow, now, files)
 
     def _open_lease(
-        self, db, job: Job, spec: ScriptJob, match: Match, port: int, escrow: int, now: float
+        self,
+        db,
+        job: Job,
+        spec: ScriptJob,
+        match: Match,
+        port: int,
+        escrow: int,
+        now: float,
+        files: dict[str, list[str]],
     ) -> None:
         lease = Lease(
             id=f"l-{secrets.token_hex(6)}",
@@ -176,7 +190,11 @@ class LeaseScheduler:
             escrow_micros=escrow,
             created_at=now,
             deadline=now + spec.max_duration,
+            files=files,
         )
+        if sandbox.check().ok:  # the lease's uid writes its run folder, on every host
+            for folder in files["write"]:
+                sandbox.hand_over(Path(folder), sandbox.lease_uid(port))
         db.add(lease)
         db.flush()
         for index, allocation in enumerate(match.allocations):
@@ -264,21 +282,37 @@ class LeaseScheduler:
             self._submit(lease_id, now)
 
     def _start_head(self, lease_id: str, port: int, token: str) -> subprocess.Popen:
+        """A lease's Ray head, in a sandbox as the lease's uid when this host can make one:
+        buyer tasks pinned to the head run there, on the coordinator's host."""
         lease_dir = self.lease_dir(lease_id)
-        token_path = lease_dir / "token"
         lease_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        token_path.write_text(token)
-        token_path.chmod(0o600)
+        box = sandbox.Sandbox(sandbox.lease_uid(port), ray_temp_dir(lease_id))
+        boxed = sandbox.check().ok
+        if boxed:
+            box.prepare()
+        scratch = box.scratch if boxed else lease_dir
+        token_path = sandbox.write_token(scratch, token, box.uid if boxed else None)
         argv = head_argv(
             ip=self.head_ip,
             ports=PortBlock(port),
-            temp_dir=ray_temp_dir(lease_id),
+            temp_dir=Path(sandbox.HOME) / "ray" if boxed else ray_temp_dir(lease_id),
             object_store_bytes=HEAD_OBJECT_STORE_BYTES,
             system_config=self.c.config.market.ray_system_config,
         )
-        process = start_node(argv, node_env(token_path), lease_dir / "head.log")
+        if boxed:
+            inside_token = Path(sandbox.HOME) / token_path.name
+            argv, env = box.argv(argv), box.env(node_env(inside_token))
+        else:
+            env = node_env(token_path)
+        process = start_node(argv, env, lease_dir / "head.log")
         self.heads[lease_id] = process
-        log.info("lease %s: head starting on %s:%d", lease_id, self.head_ip, port)
+        log.info(
+            "lease %s: head starting on %s:%d (%s)",
+            lease_id,
+            self.head_ip,
+            port,
+            f"sandboxed as uid {box.uid}" if boxed else "NOT sandboxed: " + sandbox.check().reason,
+        )
         return process
 
     def _submit(self, lease_id: str, now: float) -> None:

@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     from computeswarm.cluster.coordinator import Coordinator
 
 log = logging.getLogger("computeswarm.serve")
-ENTRYPOINT = f"python -m computeswarm.serve.run {SPEC_FILE}"
+# -I: the buyer's working_dir (the current folder, and on PYTHONPATH) cannot shadow the
+# driver's modules.
+ENTRYPOINT = f"python -I -m computeswarm.serve.run {SPEC_FILE}"
 
 
 def serve_dir(storage: Path, job: Job) -> Path:

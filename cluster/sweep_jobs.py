@@ -27,7 +27,9 @@ from computeswarm.jobs.train.runs import file_hash, spec_hash
 from computeswarm.tune.budget import trial_cost_micros
 
 log = logging.getLogger("computeswarm.sweeps")
-ENTRYPOINT = f"python -m computeswarm.tune.run {SPEC_FILE}"
+# -I: the buyer's working_dir (the current folder, and on PYTHONPATH) cannot shadow the
+# driver's modules.
+ENTRYPOINT = f"python -I -m computeswarm.tune.run {SPEC_FILE}"
 TERMINAL_TRIALS = ("completed", "stopped_early", "error", "skipped_budget")
 
 
@@ -146,9 +148,10 @@ def register_best(db, job: Job, storage: Path, models_root: Path, now: float) ->
     if not result_path.exists():
         return None
     result = json.loads(result_path.read_text())
-    best = result.get("best") or {}
-    if not best.get("adapter") or not Path(best["adapter"]).is_dir():
-        log.warning("job %s: the sweep left no best adapter to register", job.id)
+    best = result.get("best") if isinstance(result.get("best"), dict) else {}
+    adapter = training_jobs.inside(training_jobs.run_dir(storage, job, spec), best.get("adapter"))
+    if adapter is None:
+        log.warning("job %s: the sweep left no best adapter (inside its run folder)", job.id)
         return None
     upload = Path(job.upload_path)
     data = upload / spec.trial.lora.dataset
@@ -156,7 +159,7 @@ def register_best(db, job: Job, storage: Path, models_root: Path, now: float) ->
         db,
         account_id=job.account_id,
         name=spec.model_name,
-        source_dir=Path(best["adapter"]),
+        source_dir=adapter,
         base_model=spec.trial.lora.model,
         spec_hash=spec_hash(job.spec),
         data_hash=file_hash(data) if data.exists() else "",

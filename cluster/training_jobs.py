@@ -25,8 +25,9 @@ from computeswarm.jobs.train.runs import file_hash, run_name, spec_hash
 
 log = logging.getLogger("computeswarm.training")
 SPEC_FILE = "computeswarm-job.json"
-RUN_FILE = "computeswarm-run-dir"  # in the job's upload: the run folder it started in
-ENTRYPOINT = f"python -m computeswarm.jobs.train.run {SPEC_FILE}"
+# -I: the buyer's working_dir (the current folder, and on PYTHONPATH) cannot shadow the
+# driver's modules.
+ENTRYPOINT = f"python -I -m computeswarm.jobs.train.run {SPEC_FILE}"
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,10 @@ class RayJob:
 
 
 def run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJob) -> Path:
-    """The job's run folder: the one chosen when it started, else the one it would get."""
-    chosen = Path(job.upload_path) / RUN_FILE
-    if chosen.exists():
-        return Path(chosen.read_text().strip())
+    """The job's run folder: the one chosen when it started (recorded by the coordinator,
+    never taken from the upload), else the one it would get."""
+    if job.run_dir:
+        return Path(job.run_dir)
     dataset = _dataset_of(spec)
     data = file_hash(Path(job.upload_path) / dataset) if dataset else "no-data"
     kind = "sweeps" if isinstance(spec, SweepJob) else "runs"
@@ -56,8 +57,8 @@ def choose_run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJ
     """Same spec and data as an unfinished run: that folder, so training resumes from its
     latest complete checkpoint. As a finished one: a fresh attempt folder (-r2, -r3...).
     A job that chose its folder before (a requeued sweep) keeps it, finished or not."""
-    if (Path(job.upload_path) / RUN_FILE).exists():
-        return run_dir(storage, job, spec)
+    if job.run_dir:
+        return Path(job.run_dir)
     base = run_dir(storage, job, spec)
     folder, attempt = base, 1
     while (folder / "result.json").exists():
@@ -65,7 +66,7 @@ def choose_run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJ
         folder = base.with_name(f"{base.name}-r{attempt}")
     if (folder / "steps.log").exists():
         log.info("job %s: resuming the unfinished run %s", job.id, folder.name)
-    (Path(job.upload_path) / RUN_FILE).write_text(str(folder))
+    job.run_dir = str(folder)
     return folder
 
 
@@ -92,8 +93,9 @@ def register_result(db, job: Job, storage: Path, models_root: Path, now: float) 
     if not result_path.exists():
         return None
     result = json.loads(result_path.read_text())
-    if not result.get("adapter") or not Path(result["adapter"]).is_dir():
-        log.warning("job %s: the run left no adapter to register", job.id)
+    adapter = inside(run_dir(storage, job, spec), result.get("adapter"))
+    if adapter is None:
+        log.warning("job %s: the run left no adapter (inside its run folder) to register", job.id)
         return None
     parent = None
     if spec.init_adapter:
@@ -102,7 +104,7 @@ def register_result(db, job: Job, storage: Path, models_root: Path, now: float) 
         db,
         account_id=job.account_id,
         name=spec.model_name,
-        source_dir=Path(result["adapter"]),
+        source_dir=adapter,
         base_model=spec.model,
         spec_hash=result["spec_hash"],
         data_hash=result["data_hash"],
@@ -115,6 +117,19 @@ def register_result(db, job: Job, storage: Path, models_root: Path, now: float) 
     )
     db.flush()
     return model_registry.view(version)
+
+
+def inside(folder: Path, claimed: object) -> Path | None:
+    """The folder a driver's result names, if it is a real folder inside the job's own run
+    folder. A driver is buyer code: its result may name any path (another buyer's upload,
+    the hub's keys), and only the coordinator's own record says where the run lives."""
+    if not isinstance(claimed, str) or not claimed or "\0" in claimed:
+        return None
+    root = Path(folder).resolve()
+    target = (root / claimed).resolve()  # an absolute claim replaces root; then checked
+    if root not in target.parents or not target.is_dir():
+        return None
+    return target
 
 
 def progress(db, job: Job, storage: Path) -> dict:

@@ -6,6 +6,10 @@
 (b) `HubFence`: the hub forwards overlay traffic only between members of a shared group
     (a lease); everything else from the overlay, including egress to the underlay, is
     dropped by default.
+    With `fenced_uids` set, processes on the hub host itself are fenced too, by uid: a
+    group's own uid (`local_uids`, its lease head's sandbox) reaches only that group's
+    members and its own port range on this host; every other uid of that range reaches
+    nothing (buyer code pinned to a head gets no more than a seller's workload).
 (c) is not a rule: a seller's workload runs in a namespace that holds only the WireGuard
     interface (see `TunnelSpec.workload_netns`), so there is no route to anything else.
 """
@@ -62,6 +66,8 @@ class HubFence:
     groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
     services: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     open_tcp_ports: tuple[int, ...] | None = None
+    local_uids: Mapping[str, int] = field(default_factory=dict)
+    fenced_uids: tuple[int, int] | None = None
 
     def pairs(self) -> list[tuple[str, str]]:
         return allowed_pairs(self.groups)
@@ -84,7 +90,25 @@ class HubFence:
         ]
         if self.open_tcp_ports is not None:
             out += self._input_rules(wg)
+        if self.fenced_uids is not None:
+            out += self._local_output_rules()
         return out
+
+    def _local_output_rules(self) -> list[str]:
+        low, high = self.fenced_uids
+        rules = [
+            "chain local_output {",
+            "type filter hook output priority filter; policy accept;",
+            f"meta skuid {low}-{high} ct state established,related accept",
+        ]
+        for group, uid in sorted(self.local_uids.items()):
+            members = sorted(self.groups.get(group, ()))
+            if members:
+                rules.append(f"meta skuid {uid} ip daddr {_set_of(members)} accept")
+            if group in self.services:
+                first, last = self.services[group]
+                rules.append(f'meta skuid {uid} oifname "lo" tcp dport {first}-{last} accept')
+        return [*rules, f"meta skuid {low}-{high} drop", "}"]
 
     def _input_rules(self, wg: str) -> list[str]:
         rules = [

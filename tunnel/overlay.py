@@ -62,6 +62,10 @@ class HubNode:
         # None: the hub's own ports are open to the whole overlay (plain overlay use);
         # a tuple: only these, plus each group's service range for its members.
         self.overlay_tcp_ports: tuple[int, ...] | None = None
+        # Local processes fenced by uid (lease heads' sandboxes): each group's own uid,
+        # and the whole range of such uids (None: no local fence).
+        self.local_uids: dict[str, int] = {}
+        self.fenced_uids: tuple[int, int] | None = None
 
     @classmethod
     def start(
@@ -74,6 +78,7 @@ class HubNode:
         placement: NodePlacement,
         public_tcp_ports: tuple[int, ...] = (),
         overlay_tcp_ports: tuple[int, ...] | None = None,
+        fenced_uids: tuple[int, int] | None = None,
     ) -> HubNode:
         """`public_tcp_ports` are open on the underlay; `overlay_tcp_ports`, when given,
         are the only hub ports open to every spoke (see `set_groups` for the rest)."""
@@ -88,6 +93,7 @@ class HubNode:
         )
         hub = cls(node, overlay_cidr, tunnel, placement, public_tcp_ports)
         hub.overlay_tcp_ports = overlay_tcp_ports
+        hub.fenced_uids = fenced_uids
         try:
             if hub.fenced:
                 netns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], netns=placement.netns)
@@ -119,12 +125,16 @@ class HubNode:
         self,
         groups: Mapping[str, frozenset[str]],
         services: Mapping[str, tuple[int, int]] | None = None,
+        local_uids: Mapping[str, int] | None = None,
     ) -> None:
-        """Replace the forwarding groups (group -> overlay addresses), and the port range
-        on the hub each group alone may reach, atomically."""
+        """Replace the forwarding groups (group -> overlay addresses), the port range on
+        the hub each group alone may reach, and the uid of each group's local processes,
+        atomically."""
         self.groups = {name: frozenset(members) for name, members in groups.items()}
         if services is not None:
             self.services = dict(services)
+        if local_uids is not None:
+            self.local_uids = dict(local_uids)
         if self.fenced:
             self._apply_fence()
 
@@ -142,7 +152,12 @@ class HubNode:
                 self.public_tcp_ports,
             ),
             fencing.HubFence(
-                self.placement.iface, self.groups, self.services, self.overlay_tcp_ports
+                self.placement.iface,
+                self.groups,
+                self.services,
+                self.overlay_tcp_ports,
+                self.local_uids,
+                self.fenced_uids,
             ),
             namespace=self.placement.netns,
         )

@@ -103,6 +103,8 @@ class Job(Base):
     reason: Mapped[str] = mapped_column(String(500), default="")
     lease_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     upload_path: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # Chosen by the coordinator when the job is first leased; never read from the upload.
+    run_dir: Mapped[str | None] = mapped_column(String(500), nullable=True)
     submission_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -120,6 +122,11 @@ class Lease(Base):
     token: Mapped[str] = mapped_column(String(100))
     port_base: Mapped[int] = mapped_column(Integer)
     head_session: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The head process's start time in clock ticks since boot (/proc/PID/stat): a PID alone
+    # may belong to another process after a restart.
+    head_started: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # What the lease's sandboxes see besides the system: {"read": [...], "write": [...]}.
+    files: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     price_per_hour_micros: Mapped[int] = mapped_column(BigInteger)
     escrow_micros: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[float] = mapped_column(Float)

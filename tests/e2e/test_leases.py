@@ -154,3 +154,66 @@ def _subnet(run_id: str) -> int:
     from computeswarm.tunnel.testbed import _subnet_index
 
     return _subnet_index(run_id)
+
+
+def test_buyer_code_is_contained_on_its_seller_and_on_the_lease_head(swarm):
+    """The attack of issue 11: a driver on a seller and a task pinned to the lease head (on
+    the coordinator's host) try to read the platform's and sellers' secrets, re-enter the
+    host's network namespace, and reach past the overlay. Nothing gets through."""
+    from computeswarm.cluster.sandbox import UID_RANGE
+
+    buyer = CoordinatorClient(swarm.coordinator, swarm.buyer_key)
+    admin = CoordinatorClient(swarm.coordinator, swarm.admin_key)
+    state = Path(swarm.state_dir)
+    secrets = [
+        str(state / "head" / "admin.key"),
+        str(state / "head" / "coordinator.db"),
+        str(state / "head" / "hub" / "private.key"),
+        *(
+            str(state / name / f)
+            for name in swarm.sellers
+            for f in ("enrollment.json", "private.key")
+        ),
+        "/etc/shadow",
+    ]
+    lan_ip = f"198.19.{_subnet(swarm.run_id)}.200"
+    head_underlay = swarm.coordinator.split("//")[1].split(":")[0]
+    addresses = [s["address"] for s in admin.sellers()]
+    off_overlay = [[lan_ip, 22], [head_underlay, 8443], ["127.0.0.1", 8443]]
+    body = spec("breakout", 1, {"SECRETS": json.dumps(secrets)})
+    body["entrypoint"] = "python breakout.py"
+    body["runtime_env"]["env_vars"]["TARGETS"] = json.dumps(
+        off_overlay + [[a, 22] for a in addresses] + [["10.90.0.1", 8443]]
+    )
+    job_id = submit(buyer, body)
+    job = wait(buyer, job_id, ("succeeded", "failed"), timeout=200)
+    assert job["state"] == "succeeded", job
+    text = buyer.job_logs(job_id)["text"]
+    report = json.loads(next(x for x in text.splitlines() if x.startswith("BREAKOUT "))[9:])
+    member = job["lease"]["members"][0]["seller_id"]
+    own_address = next(s["address"] for s in admin.sellers() if s["id"] == member)
+
+    tried = got_through = 0
+    for where, found in report.items():
+        checks = {
+            "uid": UID_RANGE[0] <= found["uid"] <= UID_RANGE[1] and found["euid"] == found["uid"],
+            "no capabilities": found["cap_eff"] == found["cap_bnd"] == "0000000000000000",
+            "no_new_privs": found["no_new_privs"] == "1",
+            "setns": found["setns"] == [],
+            "raw socket": found["raw_socket"] != "open",
+        }
+        checks |= {f"read {p}": not r.startswith("READ") for p, r in found["read"].items()}
+        for target, result in found["reach"].items():
+            host = target.rsplit(":", 1)[0]
+            if where == "driver" and host in ("10.90.0.1", own_address):
+                continue  # the overlay's own API and its own node: a seller's workload may
+            if where == "head_task" and host == own_address:
+                continue  # the head reaches its own lease's member
+            checks[f"reach {target}"] = result != "open"
+        failed = [name for name, ok in checks.items() if not ok]
+        tried += len(checks)
+        got_through += len(failed)
+        assert not failed, (where, failed, found)
+    print(f"containment: {tried} attacks tried, {got_through} got through")
+    # The driver is on the seller, the pinned task on the head: both really ran.
+    assert report["head_task"]["reach"][f"{own_address}:22"] != "open"

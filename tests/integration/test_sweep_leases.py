@@ -14,7 +14,6 @@ from sqlalchemy import select
 from computeswarm.cluster.accounts import authenticate
 from computeswarm.cluster.leases import LeaseState, MemberState
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller
-from computeswarm.cluster.training_jobs import RUN_FILE
 from computeswarm.jobs.spec import parse_job_spec
 
 PRICE = 3_600_000  # micros per GPU-hour: 1000 micros a second
@@ -50,7 +49,6 @@ def running_sweep(head, tmp_path: Path) -> tuple[str, list[str], list[str], Path
     upload, run_dir = tmp_path / "upload", tmp_path / "run"
     upload.mkdir()
     run_dir.mkdir()
-    (upload / RUN_FILE).write_text(str(run_dir))
     with c.store.transaction() as db:
         db.add(
             Lease(
@@ -78,6 +76,7 @@ def running_sweep(head, tmp_path: Path) -> tuple[str, list[str], list[str], Path
                 state="running",
                 lease_id="l-sweep",
                 upload_path=str(upload),
+                run_dir=str(run_dir),
                 created_at=now,
                 started_at=now,
             )

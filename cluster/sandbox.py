@@ -1,0 +1,219 @@
+"""The sandbox every lease's Ray node runs in, on sellers and on the head host alike.
+
+Buyer code runs wherever its lease's Ray nodes run: on the leased sellers and, through a
+task pinned to the head with a hard node affinity, on the coordinator's host. So each
+lease node (and everything it forks) runs as the lease's own unprivileged uid, with no
+capabilities and `no_new_privs`, in its own mount, PID, IPC and UTS namespaces, and sees
+an allow-list of paths only: the system (`/usr`, `/etc`) and the Python environment
+read-only, a private scratch folder as `/tmp` (Ray's temp dir lives there), and the files
+of its own lease. No state dir, key, database, socket under `/run` or other lease's files
+is in its view. The network namespace is the caller's: on a seller the workload namespace
+(only the overlay); on the head host the hub's, fenced per uid by nftables (`HubFence`).
+
+Two kept tools do the work (DESIGN.md rule 4): bubblewrap builds the view as root (no
+user namespace, so uids are real on the host and file permissions hold too), and
+util-linux's setpriv drops to the lease uid with an empty capability bounding set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from computeswarm.tunnel.backends.base import Capability
+
+# Lease uids: far above any uid a distribution hands out, one per lease port block, the
+# same on every host of the lease (the head's port block names the lease while it runs).
+UID_BASE = 2_000_000
+UID_RANGE = (UID_BASE, UID_BASE + 65535)  # every lease uid (port bases are < 65536)
+HOME = "/tmp"
+# What a sandboxed node keeps of the caller's environment: Ray's, the ML stack's and the
+# locale. Everything else (the coordinator's settings, database URL, keys) stays out.
+KEPT_ENV_PREFIXES = (
+    "RAY_",
+    "DS_",
+    "OMP_",
+    "MKL_",
+    "TORCH_",
+    "HF_",
+    "TRANSFORMERS_",
+    "TOKENIZERS_",
+    "CUDA_",
+    "NCCL_",
+    "GLOO_",
+    "COMPUTESWARM_NODE_IP",
+    "LANG",
+    "LC_",
+    "TZ",
+    "PYTHONHASHSEED",
+)
+SYSTEM_DIRS = ("/usr", "/etc", "/opt", "/sys")
+MERGED_USR_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+
+def lease_uid(port_base: int) -> int:
+    """The uid a lease's processes run as (its head's port block is unique while it runs)."""
+    return UID_BASE + port_base
+
+
+def check() -> Capability:
+    """Can this host sandbox lease nodes? Root (to build the view and switch uid), bwrap
+    and setpriv."""
+    if os.geteuid() != 0:
+        return Capability(False, "not root: lease nodes cannot be sandboxed")
+    for tool, package in (("bwrap", "bubblewrap"), ("setpriv", "util-linux")):
+        if shutil.which(tool) is None:
+            return Capability(False, f"{tool} not found (apt-get install {package})")
+    return Capability(True, "bubblewrap + setpriv")
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """One lease node's view of the host, as decided by whoever starts the node."""
+
+    uid: int
+    scratch: Path  # read-write, owned by `uid`, mounted as /tmp (and HOME)
+    read_only: tuple[str, ...] = ()  # the lease's inputs (uploads, registered models)
+    read_write: tuple[str, ...] = ()  # the lease's outputs (its run folder)
+    python: tuple[str, ...] = field(default_factory=lambda: python_paths())
+    caches: tuple[str, ...] = field(default_factory=lambda: build_caches())
+
+    def argv(self, command: list[str]) -> list[str]:
+        """`command` wrapped: bwrap builds the view, setpriv drops to the lease uid."""
+        # No --die-with-parent: it fires when the starting *thread* ends; nodes are stopped
+        # by their session instead (ray_nodes.stop_session).
+        view = ["bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+        view += ["--hostname", "lease", "--dev", "/dev", "--proc", "/proc"]
+        view += ["--perms", "1777", "--tmpfs", "/dev/shm"]  # Ray's object store
+        for link in MERGED_USR_LINKS:
+            if os.path.islink(link):
+                view += ["--symlink", os.readlink(link), link]
+            elif os.path.isdir(link):
+                view += ["--ro-bind", link, link]
+        binds = [
+            *(
+                ("--ro-bind", p)
+                for p in (*SYSTEM_DIRS, *self.python, *self.caches, *self.read_only)
+            ),
+            *(("--bind", p) for p in self.read_write),
+        ]
+        binds = [(how, path) for how, path in binds if os.path.exists(path)]
+        # bwrap makes missing parents 0700 (root's): make them traversable for the lease uid.
+        view += [arg for parent in _parents(p for _, p in binds) for arg in _open_dir(parent)]
+        view += [arg for how, path in binds for arg in (how, path, path)]
+        view += ["--bind", str(self.scratch), HOME]
+        view += [arg for device in gpu_devices() for arg in ("--dev-bind", device, device)]
+        # Passwd/group name the lease user (Ray and torch look the user name up).
+        view += ["--ro-bind", str(self.scratch / ".passwd"), "/etc/passwd"]
+        view += ["--ro-bind", str(self.scratch / ".group"), "/etc/group"]
+        drop = [
+            "setpriv",
+            f"--reuid={self.uid}",
+            f"--regid={self.uid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+        ]
+        return [*view, "--chdir", HOME, "--", *drop, *command]
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        """The environment inside: only what Ray and the ML stack need from `base`."""
+        kept = {k: v for k, v in base.items() if k.startswith(KEPT_ENV_PREFIXES)}
+        path = ":".join(p for p in (str(Path(sys.executable).parent), "/usr/bin", "/bin"))
+        return {
+            **kept,
+            "PATH": path,
+            "HOME": HOME,
+            "TMPDIR": HOME,
+            "USER": "lease",
+            "LOGNAME": "lease",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            **({"TORCH_EXTENSIONS_DIR": self.caches[0]} if self.caches else {}),
+        }
+
+    def prepare(self) -> None:
+        """Make the scratch folder, owned by the lease uid and private to it (the passwd and
+        group files it is shown stay root's)."""
+        hand_over(self.scratch, self.uid)
+        self.scratch.chmod(0o700)
+        (self.scratch / ".passwd").write_text(
+            _without_user(Path("/etc/passwd"), self.uid)
+            + f"lease:x:{self.uid}:{self.uid}:lease:{HOME}:/usr/sbin/nologin\n"
+        )
+        (self.scratch / ".group").write_text(
+            _without_user(Path("/etc/group"), self.uid) + f"lease:x:{self.uid}:\n"
+        )
+
+
+def write_token(folder: Path, token: str, uid: int | None) -> Path:
+    """The lease's Ray token as a file only its own uid (or root) can read."""
+    path = folder / "token"
+    path.write_text(token)
+    path.chmod(0o400 if uid is not None else 0o600)
+    if uid is not None:
+        os.chown(path, uid, uid)
+    return path
+
+
+def hand_over(folder: Path, uid: int) -> None:
+    """Give `folder` and everything in it to `uid` (a lease writes only what it owns)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chown(folder, uid, uid)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, uid)
+
+
+def python_paths() -> tuple[str, ...]:
+    """The interpreter, its standard library, the venv and our own source, read-only.
+
+    The venv's `python` is often a symlink into a tree elsewhere (pyenv under root's
+    home): bind the real prefix too, wherever it is."""
+    import computeswarm
+
+    source = Path(computeswarm.__file__).resolve().parent.parent  # an editable install
+    paths = {
+        sys.prefix,
+        str(Path(sys.base_prefix).resolve()),
+        str(Path(sys.executable).resolve().parent.parent),
+        str(source),
+    }
+    return tuple(sorted(paths))
+
+
+def build_caches() -> tuple[str, ...]:
+    """Read-only build caches: DeepSpeed's prebuilt CPU op (else every lease rebuilds it)."""
+    extensions = os.environ.get("TORCH_EXTENSIONS_DIR") or str(
+        Path.home() / ".cache" / "torch_extensions"
+    )
+    return (extensions,) if os.path.isdir(extensions) else ()
+
+
+def gpu_devices() -> list[str]:
+    """NVIDIA device nodes, handed to the sandbox as they are."""
+    dev = Path("/dev")
+    return sorted(str(p) for p in dev.glob("nvidia*") if not p.is_dir())
+
+
+def _parents(paths) -> list[str]:
+    """Every ancestor folder of `paths` (not `/`), parents before children, once each."""
+    out: list[str] = []
+    for path in paths:
+        for parent in reversed(Path(path).parents[:-1]):
+            if str(parent) not in out:
+                out.append(str(parent))
+    return out
+
+
+def _open_dir(path: str) -> list[str]:
+    return ["--perms", "0755", "--dir", path]
+
+
+def _without_user(path: Path, uid: int) -> str:
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    return "".join(line for line in lines if line.split(":")[2:3] != [str(uid)])
