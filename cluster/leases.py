@@ -106,15 +106,15 @@ def free_port_base(
     block: int,
     count: int,
     is_free: Callable[[int], bool] = lambda base: True,
-) -> int:
+) -> int | None:
     """The first port block from `start` that no active lease uses (and that `is_free`
-    confirms: another program on the host may hold it)."""
+    confirms: another program on the host may hold it); None when every one is taken."""
     taken = set(used)
     for slot in range(count):
         base = start + slot * block
         if base not in taken and is_free(base):
             return base
-    raise RuntimeError(f"all {count} lease port blocks from {start} are in use")
+    return None
 
 
 def budget_end(started_at: float, escrow_micros: int, price_per_hour_micros: int) -> float:

@@ -51,8 +51,13 @@ class LocalSwarm:
         return profile_path().parent / "local-swarm.json"
 
     def save(self) -> None:
-        self.record_path().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.record_path().write_text(json.dumps(asdict(self), indent=2))
+        """Written 0600 from the start: the record holds the admin and buyer keys."""
+        path = self.record_path()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f, indent=2)
+        path.chmod(0o600)  # an older record may have been made with the default umask
 
     @classmethod
     def load(cls) -> LocalSwarm | None:

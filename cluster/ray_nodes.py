@@ -214,6 +214,16 @@ def session_pids(session_id: int) -> list[int]:
     return found
 
 
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot), or None if there is none: with
+    the PID, it names one process for good (a PID alone is reused)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def become_subreaper() -> None:
     """Adopt orphaned descendants (Ray's workers outlive their parents), so `reap` can
     collect them instead of leaving zombies under an init that does not reap."""

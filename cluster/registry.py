@@ -71,6 +71,14 @@ def enroll(
     """Redeem an invite for a node's public key: an address, an account, an API key."""
     public_key = parse_public_key(public_key)
     row = _find_invite(db, invite)
+    # Expiry and proof of possession first, for a rejoin too: an invite and a public key
+    # (both may be known to others) must not re-issue a seller's API key.
+    if now >= row.expires_at:
+        raise InvalidInvite(
+            f"this invite expired {now - row.expires_at:.0f} s ago; ask the "
+            "operator for a new one (computeswarm invite create)"
+        )
+    verify_possession(hub_keys, public_key, invite.strip(), proof)
     if row.redeemed_at is not None:
         if row.redeemed_by_key != public_key:
             raise InvalidInvite(
@@ -85,12 +93,6 @@ def enroll(
             )
         revoke_keys(db, seller.account_id, now)
         return Enrollment(seller, issue_key(db, seller.account_id, now), rejoined=True)
-    if now >= row.expires_at:
-        raise InvalidInvite(
-            f"this invite expired {now - row.expires_at:.0f} s ago; ask the "
-            "operator for a new one (computeswarm invite create)"
-        )
-    verify_possession(hub_keys, public_key, invite.strip(), proof)
     if db.scalar(select(Seller.id).where(Seller.public_key == public_key)):
         raise Conflict("this public key is already enrolled; a node keeps one key for life")
 
@@ -290,7 +292,9 @@ def worker_port_base(address_int: int) -> int:
 def report_workers(
     db: Session | Connection, seller_id: str, workers: dict[str, str], now: float
 ) -> None:
-    """The agent's view of its lease nodes: `running` attaches (metering starts)."""
+    """The agent's view of its lease nodes. Only `failed` is taken at its word (a seller
+    giving up its own place); attaching, which starts metering, is decided from the lease
+    head's node list (`LeaseScheduler.attach_joined`), never from this claim."""
     for lease_id, status in workers.items():
         member = db.execute(
             select(LeaseMember.id, LeaseMember.state).where(
@@ -301,13 +305,7 @@ def report_workers(
         ).first()
         if member is None:
             continue
-        if status == "running" and member.state == MemberState.ASSIGNED.value:
-            db.execute(
-                update(LeaseMember)
-                .where(LeaseMember.id == member.id)
-                .values(state=MemberState.ATTACHED.value, attached_at=now)
-            )
-        elif status == "failed":
+        if status == "failed":
             db.execute(
                 update(LeaseMember)
                 .where(LeaseMember.id == member.id)

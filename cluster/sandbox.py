@@ -79,7 +79,6 @@ class Sandbox:
     read_only: tuple[str, ...] = ()  # the lease's inputs (uploads, registered models)
     read_write: tuple[str, ...] = ()  # the lease's outputs (its run folder)
     python: tuple[str, ...] = field(default_factory=lambda: python_paths())
-    caches: tuple[str, ...] = field(default_factory=lambda: build_caches())
 
     def argv(self, command: list[str]) -> list[str]:
         """`command` wrapped: bwrap builds the view, setpriv drops to the lease uid."""
@@ -93,18 +92,15 @@ class Sandbox:
                 view += ["--symlink", os.readlink(link), link]
             elif os.path.isdir(link):
                 view += ["--ro-bind", link, link]
-        binds = [
-            *(
-                ("--ro-bind", p)
-                for p in (*SYSTEM_DIRS, *self.python, *self.caches, *self.read_only)
-            ),
-            *(("--bind", p) for p in self.read_write),
+        shared = [("--ro-bind", p) for p in (*SYSTEM_DIRS, *self.python)]
+        lease = [("--ro-bind", p) for p in self.read_only] + [
+            ("--bind", p) for p in self.read_write
         ]
-        binds = [(how, path) for how, path in binds if os.path.exists(path)]
-        # bwrap makes missing parents 0700 (root's): make them traversable for the lease uid.
-        view += [arg for parent in _parents(p for _, p in binds) for arg in _open_dir(parent)]
-        view += [arg for how, path in binds for arg in (how, path, path)]
+        view += _mounts(shared)
+        # The scratch becomes /tmp before the lease's own folders are bound: on a one-machine
+        # testbed those may lie under the host's /tmp, and must stay visible.
         view += ["--bind", str(self.scratch), HOME]
+        view += _mounts(lease)
         view += [arg for device in gpu_devices() for arg in ("--dev-bind", device, device)]
         # Passwd/group name the lease user (Ray and torch look the user name up).
         view += ["--ro-bind", str(self.scratch / ".passwd"), "/etc/passwd"]
@@ -133,12 +129,13 @@ class Sandbox:
             "USER": "lease",
             "LOGNAME": "lease",
             "RAY_USAGE_STATS_ENABLED": "0",
-            **({"TORCH_EXTENSIONS_DIR": self.caches[0]} if self.caches else {}),
+            **({"TORCH_EXTENSIONS_DIR": f"{HOME}/torch_extensions"} if _extensions_env() else {}),
         }
 
     def prepare(self) -> None:
         """Make the scratch folder, owned by the lease uid and private to it (the passwd and
         group files it is shown stay root's)."""
+        copy_build_cache(self.scratch)
         hand_over(self.scratch, self.uid)
         self.scratch.chmod(0o700)
         (self.scratch / ".passwd").write_text(
@@ -186,18 +183,32 @@ def python_paths() -> tuple[str, ...]:
     return tuple(sorted(paths))
 
 
-def build_caches() -> tuple[str, ...]:
-    """Read-only build caches: DeepSpeed's prebuilt CPU op (else every lease rebuilds it)."""
-    extensions = os.environ.get("TORCH_EXTENSIONS_DIR") or str(
-        Path.home() / ".cache" / "torch_extensions"
-    )
-    return (extensions,) if os.path.isdir(extensions) else ()
+def copy_build_cache(scratch: Path) -> None:
+    """The lease's own copy of DeepSpeed's prebuilt ops (about 1 MB), where torch looks for
+    them under HOME=/tmp: loading takes a lock file beside them, so a read-only cache fails;
+    a shared writable one would let one lease plant a library the next one loads."""
+    source = _extensions_env() or str(Path.home() / ".cache" / "torch_extensions")
+    target = scratch / ("torch_extensions" if _extensions_env() else ".cache/torch_extensions")
+    if os.path.isdir(source) and not target.exists():
+        shutil.copytree(source, target, symlinks=True)
+
+
+def _extensions_env() -> str | None:
+    return os.environ.get("TORCH_EXTENSIONS_DIR")
 
 
 def gpu_devices() -> list[str]:
     """NVIDIA device nodes, handed to the sandbox as they are."""
     dev = Path("/dev")
     return sorted(str(p) for p in dev.glob("nvidia*") if not p.is_dir())
+
+
+def _mounts(binds: list[tuple[str, str]]) -> list[str]:
+    """Bind each existing path at the same place. bwrap makes missing parents 0700
+    (root's): make them traversable for the lease uid first."""
+    binds = [(how, path) for how, path in binds if os.path.exists(path)]
+    out = [arg for parent in _parents(p for _, p in binds) for arg in _open_dir(parent)]
+    return out + [arg for how, path in binds for arg in (how, path, path)]
 
 
 def _parents(paths) -> list[str]:

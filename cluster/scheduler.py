@@ -44,6 +44,7 @@ from computeswarm.cluster.ray_nodes import (
     PortBlock,
     head_argv,
     node_env,
+    process_start,
     session_pids,
     start_node,
     stop_session,
@@ -127,45 +128,60 @@ class LeaseScheduler:
                 )
             ).all()
             for job in jobs:
-                if job.lease_id and db.get(Lease, job.lease_id).state in _UNSETTLED:
-                    continue  # requeued: its escrow comes back when the old lease settles
-                spec = job_from_record(job.spec)
-                escrow = spec.escrow_micros
-                funds = ledger.balance(db, ledger.buyer(job.account_id))
-                if funds < escrow:
-                    self._end_job(
-                        job,
-                        JobState.FAILED,
-                        now,
-                        (
-                            f"insufficient funds: {funds / 1e6:.6f} available, {escrow / 1e6:.6f} "
-                            "needed in escrow (budget, or max price x GPUs x max_duration)"
-                        ),
-                    )
+                # One bad job (a spec this code cannot render, a missing model) fails alone
+                # with its reason; the rest of the queue is matched as usual. Nothing of a
+                # job is written before `_open_lease`, so a failure leaves no half-lease.
+                try:
+                    opening = self._match_one(db, job, book, used_ports, now)
+                except Exception as e:
+                    log.exception("job %s: cannot be matched", job.id)
+                    self._end_job(job, JobState.FAILED, now, f"cannot lease: {_why(e)}")
                     continue
-                decision = book.place(bid_for(job.id, spec))
-                if not isinstance(decision, Match):
-                    if spec.queue:
-                        job.reason = f"waiting for supply: {decision.reason}"
-                    else:
-                        self._end_job(
-                            job, JobState.FAILED, now, f"no match (queue: false): {decision.reason}"
-                        )
-                    continue
-                try:  # what the lease's sandboxes will see; a spec naming no such model fails
-                    files = lease_files(db, job, spec, self.c.storage_root)
-                except ComputeSwarmError as e:
-                    self._end_job(job, JobState.FAILED, now, f"cannot lease: {e}")
-                    continue
-                port = free_port_base(
-                    used_ports,
-                    HEAD_PORT_START,
-                    PortBlock.SIZE,
-                    HEAD_SLOTS,
-                    is_free=self._block_free,
+                if opening is not None:
+                    used_ports = [*used_ports, opening[3]]
+                    self._open_lease(db, *opening, now)
+
+    def _match_one(self, db, job: Job, book: OrderBook, used_ports: list[int], now: float):
+        """(job, spec, match, port, escrow, files) for `_open_lease`, or None: the job
+        waits, or has ended with its reason."""
+        if job.lease_id and db.get(Lease, job.lease_id).state in _UNSETTLED:
+            return None  # requeued: its escrow comes back when the old lease settles
+        spec = job_from_record(job.spec)
+        escrow = spec.escrow_micros
+        funds = ledger.balance(db, ledger.buyer(job.account_id))
+        if funds < escrow:
+            self._end_job(
+                job,
+                JobState.FAILED,
+                now,
+                (
+                    f"insufficient funds: {funds / 1e6:.6f} available, {escrow / 1e6:.6f} "
+                    "needed in escrow (budget, or max price x GPUs x max_duration)"
+                ),
+            )
+            return None
+        port = free_port_base(
+            used_ports, HEAD_PORT_START, PortBlock.SIZE, HEAD_SLOTS, is_free=self._block_free
+        )
+        if port is None:
+            job.reason = (
+                f"waiting for a lease slot: all {HEAD_SLOTS} on this coordinator are in use"
+            )
+            return None
+        decision = book.place(bid_for(job.id, spec))
+        if not isinstance(decision, Match):
+            if spec.queue:
+                job.reason = f"waiting for supply: {decision.reason}"
+            else:
+                self._end_job(
+                    job, JobState.FAILED, now, f"no match (queue: false): {decision.reason}"
                 )
-                used_ports = [*used_ports, port]
-                self._open_lease(db, job, spec, decision, port, escrow, now, files)
+            return None
+        files = lease_files(db, job, spec, self.c.storage_root)  # what its sandboxes see
+        if sandbox.check().ok:  # the lease's uid writes its run folder, on every host
+            for folder in files["write"]:
+                sandbox.hand_over(Path(folder), sandbox.lease_uid(port))
+        return job, spec, decision, port, escrow, files
 
     def _open_lease(
         self,
@@ -175,8 +191,8 @@ class LeaseScheduler:
         match: Match,
         port: int,
         escrow: int,
-        now: float,
         files: dict[str, list[str]],
+        now: float,
     ) -> None:
         lease = Lease(
             id=f"l-{secrets.token_hex(6)}",
@@ -192,9 +208,6 @@ class LeaseScheduler:
             deadline=now + spec.max_duration,
             files=files,
         )
-        if sandbox.check().ok:  # the lease's uid writes its run folder, on every host
-            for folder in files["write"]:
-                sandbox.hand_over(Path(folder), sandbox.lease_uid(port))
         db.add(lease)
         db.flush()
         for index, allocation in enumerate(match.allocations):
@@ -245,7 +258,62 @@ class LeaseScheduler:
 
     # -- matched -> provisioning -> running -----------------------------------------------
 
+    def attach_joined(self, now: float) -> None:
+        """Members whose Ray node the lease head sees alive are attached (metering starts).
+        The head's view decides, never the agent's word: a heartbeat saying `running`
+        with no node behind it bills nothing."""
+        with self.c.store.transaction() as db:
+            waiting = db.execute(
+                select(Lease.id, Seller.id, Seller.address)
+                .join(LeaseMember, LeaseMember.lease_id == Lease.id)
+                .join(Seller, Seller.id == LeaseMember.seller_id)
+                .where(
+                    Lease.state.in_([LeaseState.PROVISIONING.value, LeaseState.RUNNING.value]),
+                    LeaseMember.state == MemberState.ASSIGNED.value,
+                )
+            ).all()
+        by_lease: dict[str, dict[str, str]] = {}
+        for lease_id, seller_id, address in waiting:
+            by_lease.setdefault(lease_id, {})[seller_id] = address
+        for lease_id, expected in by_lease.items():
+            alive = self._nodes_alive(lease_id)
+            # The `none` backend (loopback dev mode) has no real overlay addresses, and Ray
+            # reports loopback ones as the host's: there the label alone is checked.
+            loopback = self.c.backend_name == "none"
+            joined = [s for s, a in expected.items() if _joined(s, a, alive, loopback)]
+            if not joined:
+                continue
+            with self.c.store.transaction() as db:
+                for member in self._members(db, lease_id):
+                    if member.seller_id in joined and member.state == MemberState.ASSIGNED.value:
+                        member.state, member.attached_at = MemberState.ATTACHED.value, now
+
+    def _nodes_alive(self, lease_id: str) -> set[tuple[str, str]]:
+        """(seller id, overlay address) of every live node in the lease's Ray cluster: the
+        node's own cs-seller label and the address it joined from must both match."""
+        if self._client(lease_id) is None:
+            return set()
+        url, headers = self._dashboards[lease_id]
+        try:
+            response = httpx.get(
+                f"{url}/api/v0/nodes",
+                params={"detail": "true", "limit": 1000, "timeout": 5},
+                headers=headers,
+                timeout=6,
+            )
+            rows = response.json()["data"]["result"]["result"]
+        except Exception as e:  # the head is still starting, or busy: next tick
+            log.debug("lease %s: node list unavailable: %s", lease_id, e)
+            return set()
+        out = set()
+        for node in rows if isinstance(rows, list) else []:
+            labels = node.get("labels") or {}
+            if node.get("state") == "ALIVE" and labels.get("cs-lease") == lease_id:
+                out.add((str(labels.get("cs-seller")), str(node.get("node_ip"))))
+        return out
+
     def provision(self, now: float) -> None:
+        self.attach_joined(now)
         with self.c.store.transaction() as db:
             matched = [
                 (lease.id, lease.port_base, lease.token)
@@ -254,13 +322,18 @@ class LeaseScheduler:
                 )
             ]
         for lease_id, port, token in matched:
-            process = self._start_head(lease_id, port, token)
+            try:
+                process = self._start_head(lease_id, port, token)
+            except Exception as e:
+                self._fail_alone(lease_id, "cannot start the lease's head", e)
+                continue
             with self.c.store.transaction() as db:
                 lease = db.get(Lease, lease_id)
                 lease.state = lease_transition(
                     LeaseState(lease.state), LeaseState.PROVISIONING
                 ).value
                 lease.head_session = process.pid
+                lease.head_started = process_start(process.pid)
         with self.c.store.transaction() as db:
             ready = []
             for lease in db.scalars(
@@ -279,7 +352,10 @@ class LeaseScheduler:
                         JobState.FAILED,
                     )
         for lease_id in ready:
-            self._submit(lease_id, now)
+            try:
+                self._submit(lease_id, now)
+            except Exception as e:
+                self._fail_alone(lease_id, "cannot start the job", e)
 
     def _start_head(self, lease_id: str, port: int, token: str) -> subprocess.Popen:
         """A lease's Ray head, in a sandbox as the lease's uid when this host can make one:
@@ -388,37 +464,42 @@ class LeaseScheduler:
             ]
             self._lose_vanished_members(db, now)
         for lease_id, job_id in running:
-            status, error = self._job_status(lease_id, job_id)
-            with self.c.store.transaction() as db:
-                lease, job = db.get(Lease, lease_id), db.get(Job, job_id)
-                if status == "FAILED" and error in DRIVER_NODE_LOST:
-                    driver = next(
-                        (m.seller_id for m in self._members(db, lease_id) if m.driver), "?"
-                    )
-                    reason = f"seller {driver} (running the job's driver) was lost (Ray: {error})"
-                    self._driver_lost(db, lease, job, reason)
-                elif status in ("SUCCEEDED", "FAILED", "STOPPED"):
-                    final = {
-                        "SUCCEEDED": JobState.SUCCEEDED,
-                        "FAILED": JobState.FAILED,
-                        "STOPPED": JobState.CANCELLED,
-                    }[status]
-                    reason = job.reason or (
-                        "" if final is JobState.SUCCEEDED else f"the job ended {status.lower()}"
-                    )
-                    self.start_release(db, lease, reason, final)
-                elif now >= lease.deadline:
-                    self.start_release(db, lease, "max_duration reached", JobState.FAILED)
-                elif now >= budget_end(
-                    lease.started_at or now, lease.escrow_micros, lease.price_per_hour_micros
-                ):
-                    self.start_release(db, lease, "budget spent", JobState.FAILED)
-                elif lost := self._lost_member(db, lease.id):
-                    self._repair_or_fail(db, lease, lost, now)
-                elif job.kind == "sweep":
-                    sweep_jobs.ingest(db, job, self.c.storage_root)
-                    for seller_id in sweep_jobs.shrink(db, lease, job, self.c.storage_root):
-                        self._let_go(db, lease, seller_id, now)
+            try:
+                self._watch_one(lease_id, job_id, now)
+            except Exception as e:
+                self._fail_alone(lease_id, "cannot watch the job", e)
+
+    def _watch_one(self, lease_id: str, job_id: str, now: float) -> None:
+        """One running lease: its job's status, clock, budget, members and records."""
+        status, error = self._job_status(lease_id, job_id)
+        with self.c.store.transaction() as db:
+            lease, job = db.get(Lease, lease_id), db.get(Job, job_id)
+            if status == "FAILED" and error in DRIVER_NODE_LOST:
+                driver = next((m.seller_id for m in self._members(db, lease_id) if m.driver), "?")
+                reason = f"seller {driver} (running the job's driver) was lost (Ray: {error})"
+                self._driver_lost(db, lease, job, reason)
+            elif status in ("SUCCEEDED", "FAILED", "STOPPED"):
+                final = {
+                    "SUCCEEDED": JobState.SUCCEEDED,
+                    "FAILED": JobState.FAILED,
+                    "STOPPED": JobState.CANCELLED,
+                }[status]
+                reason = job.reason or (
+                    "" if final is JobState.SUCCEEDED else f"the job ended {status.lower()}"
+                )
+                self.start_release(db, lease, reason, final)
+            elif now >= lease.deadline:
+                self.start_release(db, lease, "max_duration reached", JobState.FAILED)
+            elif now >= budget_end(
+                lease.started_at or now, lease.escrow_micros, lease.price_per_hour_micros
+            ):
+                self.start_release(db, lease, "budget spent", JobState.FAILED)
+            elif lost := self._lost_member(db, lease.id):
+                self._repair_or_fail(db, lease, lost, now)
+            elif job.kind == "sweep":
+                sweep_jobs.ingest(db, job, self.c.storage_root)
+                for seller_id in sweep_jobs.shrink(db, lease, job, self.c.storage_root):
+                    self._let_go(db, lease, seller_id, now)
 
     def _lose_vanished_members(self, db, now: float) -> None:
         """Members whose seller went offline are lost: metering stops at the last sign."""
@@ -554,18 +635,22 @@ class LeaseScheduler:
                 )
             ]
         for lease_id, session, job_id in releasing:
-            self._stop_job(lease_id, job_id)
-            self._save_logs(lease_id, job_id)
-            self._ingest_records(job_id)
-            self._register_model(job_id)
-            with self.c.store.transaction() as db:
-                self._settle(db, db.get(Lease, lease_id), self.c.clock())
+            # Each step on its own: a driver's malformed record or log must not keep the
+            # lease from settling (escrow held forever) or the head from stopping.
+            for step in (self._stop_job, self._save_logs):
+                _guarded(lease_id, step.__name__, step, lease_id, job_id)
+            for step in (self._ingest_records, self._register_model):
+                _guarded(lease_id, step.__name__, step, job_id)
+            try:
+                with self.c.store.transaction() as db:
+                    self._settle(db, db.get(Lease, lease_id), self.c.clock())
+            except Exception:
+                log.exception("lease %s: settling failed; the next tick retries", lease_id)
+                continue
             if session:
                 # Stopping a head takes seconds (Ray ignores SIGTERM a while): not in the
                 # tick. `stop_all` waits for these, so a coordinator stop never orphans one.
-                stopper = threading.Thread(
-                    target=stop_session, args=(session, HEAD_STOP_GRACE_S), daemon=True
-                )
+                stopper = threading.Thread(target=_stop_head, args=(session, lease_id), daemon=True)
                 stopper.start()
                 self._stoppers.append((session, stopper))
             self.heads.pop(lease_id, None)
@@ -642,6 +727,18 @@ class LeaseScheduler:
         log.info("lease %s %s: %s", lease.id, lease.state, lease.reason or "job done")
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _fail_alone(self, lease_id: str, what: str, error: Exception) -> None:
+        """One lease broke: it ends with the reason, the tick goes on for the others."""
+        log.exception("lease %s: %s", lease_id, what)
+        with self.c.store.transaction() as db:
+            lease = db.get(Lease, lease_id)
+            if lease is not None and lease.state not in (
+                LeaseState.RELEASING.value,
+                LeaseState.CLOSED.value,
+                LeaseState.FAILED.value,
+            ):
+                self.start_release(db, lease, f"{what}: {_why(error)}", JobState.FAILED)
 
     def lease_dir(self, lease_id: str) -> Path:
         return self.c.config.state_dir / "leases" / lease_id
@@ -779,8 +876,8 @@ class LeaseScheduler:
 
     def stop_all(self) -> None:
         """Stop every lease head this coordinator runs (on shutdown): none is left behind."""
-        for process in list(self.heads.values()):
-            stop_session(process.pid, grace_s=HEAD_STOP_GRACE_S)
+        for lease_id, process in list(self.heads.items()):
+            _stop_head(process.pid, lease_id)
         self.heads.clear()
         for session, stopper in self._stoppers:
             stopper.join(15)
@@ -795,7 +892,12 @@ class LeaseScheduler:
         with self.c.store.transaction() as db:
             leases = db.scalars(select(Lease).where(Lease.head_session.is_not(None))).all()
             for lease in leases:
-                if lease.head_session and session_pids(lease.head_session):
+                # Ours only if the PID still names the process we started: after a reboot
+                # or PID reuse it may lead an unrelated program's session.
+                ours = lease.head_started is not None and (
+                    process_start(lease.head_session) == lease.head_started
+                )
+                if ours and session_pids(lease.head_session):
                     stop_session(lease.head_session, grace_s=5)
                     stopped.append(lease.id)
                 if lease.state in (LeaseState.PROVISIONING.value, LeaseState.RUNNING.value):
@@ -826,11 +928,34 @@ def _assign(db, lease_id: str, allocation, *, driver: bool, now: float) -> Selle
     return seller
 
 
+def _joined(seller_id: str, address: str, alive: set[tuple[str, str]], loopback: bool) -> bool:
+    """Is the seller's node in the head's list, labelled as its own and joined from its own
+    overlay address (which WireGuard ties to the seller's key)?"""
+    if loopback:
+        return any(seller == seller_id for seller, _ in alive)
+    return (seller_id, address) in alive
+
+
+def _guarded(lease_id: str, what: str, step, *args) -> None:
+    try:
+        step(*args)
+    except Exception:
+        log.exception("lease %s: %s failed; releasing goes on", lease_id, what)
+
+
+def _why(error: Exception) -> str:
+    """What a buyer is told of an error: our own errors say what to fix; anything else is
+    ours to fix, and its text (paths, internals) stays in the operator's log."""
+    if isinstance(error, ComputeSwarmError):
+        return str(error)
+    return f"internal error ({type(error).__name__}); the coordinator's log has the details"
+
+
 def ray_temp_dir(lease_id: str) -> Path:
     return Path(f"/tmp/cs-ray/{lease_id}")
 
 
 def _stop_head(session: int, lease_id: str) -> None:
-    """Stop a released lease's head, then remove its Ray temp dir (sessions, logs)."""
+    """Stop a released lease's head, then remove its scratch (Ray's temp dir, its token)."""
     stop_session(session, HEAD_STOP_GRACE_S)
     shutil.rmtree(ray_temp_dir(lease_id), ignore_errors=True)

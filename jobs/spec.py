@@ -534,8 +534,8 @@ def parse_job_spec(data: str | dict, *, source: str = "job spec") -> AnyJob:
     supported = ", ".join(KINDS)
     if kind is None:
         raise SpecError(f"{source}: missing `kind` (supported: {supported})")
-    if kind not in _MODELS:
-        raise SpecError(f"{source}: unknown kind {kind!r} (supported: {supported})")
+    if not isinstance(kind, str) or kind not in _MODELS:  # a list or mapping is no kind
+        raise SpecError(f"{source}: unknown kind {repr(kind)[:60]} (supported: {supported})")
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as e:

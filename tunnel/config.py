@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from dataclasses import dataclass, field, replace
 
 from computeswarm.tunnel.errors import ConfigParseError
@@ -210,14 +211,27 @@ def _network(text: str) -> str:
         raise ConfigParseError(f"AllowedIPs entry {text!r} is not an IP network") from None
 
 
-def _endpoint(text: str) -> str:
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*$")
+
+
+def parse_endpoint(text: str) -> str:
+    """`host:port` with an IPv4 address, `[IPv6]` or a DNS name; anything else is refused
+    (a peer's endpoint ends up in wg-quick configs and `wg set` arguments)."""
     host, sep, port = text.strip().rpartition(":")
     if not sep or not host:
         raise ConfigParseError(f"Endpoint {text!r} must be host:port")
     _int_in(port, 1, 65535, "Endpoint port")
     if host.startswith("["):
-        ipaddress.IPv6Address(host.strip("[]"))
+        try:
+            ipaddress.IPv6Address(host[1:-1] if host.endswith("]") else "x")
+        except ValueError:
+            raise ConfigParseError(f"Endpoint {text!r}: {host} is not an IPv6 address") from None
+    elif not _HOSTNAME.match(host):
+        raise ConfigParseError(f"Endpoint {text!r}: {host!r} is not an address or host name")
     return f"{host}:{int(port)}"
+
+
+_endpoint = parse_endpoint
 
 
 def _int_in(value: int | str, low: int, high: int, what: str) -> int:

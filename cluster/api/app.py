@@ -92,7 +92,9 @@ def _add_routes(app: FastAPI, c: Coordinator) -> None:
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["system"])
-    def metrics() -> Response:
+    def metrics(who: Caller = Depends(caller)) -> Response:
+        # Admins only: it names every seller, its public key and its traffic.
+        who.require(Role.ADMIN)
         return Response(generate_latest(c.metrics), media_type=CONTENT_TYPE_LATEST)
 
     # -- enrollment -----------------------------------------------------------------------

@@ -7,6 +7,8 @@ from decimal import Decimal
 from pydantic import BaseModel, Field, field_validator
 
 from computeswarm.strict import StrictModel
+from computeswarm.tunnel.config import parse_endpoint
+from computeswarm.tunnel.errors import ConfigParseError
 
 MICROS = 1_000_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -33,6 +35,18 @@ class EnrollRequest(StrictModel):
         None, max_length=100, description="host:port where other nodes reach its WireGuard."
     )
     behind_nat: bool = Field(False, description="No inbound UDP: keep the path open instead.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _valid_endpoint(cls, value: str | None) -> str | None:
+        # Checked before anything is stored: a bad endpoint once committed broke every
+        # later start of the hub.
+        if value is None:
+            return None
+        try:
+            return parse_endpoint(value)
+        except ConfigParseError as e:
+            raise ValueError(str(e)) from None
 
 
 class HubInfo(BaseModel):

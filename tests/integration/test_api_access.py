@@ -136,7 +136,12 @@ def test_health_readiness_and_metrics(sqlite_head):
     assert head.http.get("/healthz").json() == {"status": "ok"}
     ready = head.http.get("/readyz").json()
     assert ready == {"ready": True, "checks": {"store": "ok", "hub": "ok"}}
-    text = head.http.get("/metrics").text
+    # M4: the metrics name every seller and its public key: admins only.
+    assert head.http.get("/metrics").status_code == 401
+    buyer = head.account("buyer")
+    assert head.http.get("/metrics", headers=head.auth(buyer)).status_code in (403, 404)
+    assert head.http.get("/metrics", headers=head.auth(seller["api_key"])).status_code in (403, 404)
+    text = head.http.get("/metrics", headers=head.admin).text
     assert 'computeswarm_sellers{state="online"} 1.0' in text
     assert 'computeswarm_gpus_online{model="RTX4090",simulated="true"} 1.0' in text
     assert "computeswarm_heartbeat_lag_seconds" in text

@@ -140,3 +140,33 @@ def test_left_addresses_are_never_reused(head):
         head.http.get(f"/v1/sellers/{first['seller_id']}", headers=head.auth(key)).status_code
         == 401
     )  # key revoked
+
+
+def test_a_used_invite_and_a_public_key_without_the_private_key_cannot_take_a_seller(head):
+    """H1: the invite and the seller's public key (public on /metrics once) re-issued the
+    seller's API key and revoked the real one. A rejoin needs the same proof."""
+    invite, keys = head.invite(), KeyPair.generate()
+    first = head.http.post("/v1/enroll", json=head.enroll_request(invite, keys)).json()
+    forged = head.enroll_request(invite, keys)
+    forged["proof"] = head.enroll_request(invite, KeyPair.generate())["proof"]  # not its key
+    response = head.http.post("/v1/enroll", json=forged)
+    assert response.status_code in (400, 401, 403), response.text
+    url = f"/v1/sellers/{first['seller_id']}"
+    assert head.http.get(url, headers=head.auth(first["api_key"])).status_code == 200
+
+
+def test_a_rejoin_after_the_invite_expired_is_refused(head):
+    invite, keys = head.invite(ttl_s=60), KeyPair.generate()
+    first = head.http.post("/v1/enroll", json=head.enroll_request(invite, keys)).json()
+    head.clock.advance(3600)
+    _refused(head, head.enroll_request(invite, keys), 403, "expired")
+    url = f"/v1/sellers/{first['seller_id']}"
+    assert head.http.get(url, headers=head.auth(first["api_key"])).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["not an endpoint", "host:0", "a b:51820", "[zz]:1", "x" * 90 + ":1", "h;rm:1"]
+)
+def test_a_malformed_endpoint_is_refused_before_anything_is_stored(head, endpoint):
+    """H6: a bad endpoint was committed, and every later coordinator start failed."""
+    _refused(head, head.enroll_request(head.invite(), endpoint=endpoint), 422, "ndpoint")

@@ -248,3 +248,26 @@ def test_ray_saying_the_driver_node_died_requeues_before_the_heartbeats_do(
             assert lease.state == "closed"
         else:
             assert job.state == "failed" and lease.state == "failed", (job.reason, lease.state)
+
+
+def test_a_malformed_trial_record_ends_its_lease_and_the_escrow_is_settled(sqlite_head, tmp_path):
+    """H2: one driver's bad record raised in the tick, so every lease stopped being watched
+    and this one sat in `releasing` with its escrow held forever."""
+    head = sqlite_head
+    quiet(head)
+    _, _, _, run_dir = running_sweep(head, tmp_path)
+    (run_dir / "trials").mkdir()
+    (run_dir / "trials" / "t1.json").write_text(
+        json.dumps({"trial_id": {"not": "a string"}, "index": [], "params": 7, "history": 1})
+    )
+    status(run_dir, launching_done=False, busy_node_ips=[])
+    start = head.clock()
+    for step in (1, 2, 3):
+        tick_at(head, start + step)
+    with head.coordinator.store.transaction() as db:
+        lease, job = db.get(Lease, "l-sweep"), db.get(Job, "j-sweep")
+        assert lease.state in ("closed", "failed"), (lease.state, lease.reason)
+        assert job.state == "failed" and "internal error" in job.reason, job.reason
+        assert str(tmp_path) not in job.reason  # no coordinator paths shown to the buyer
+    entries = head.http.get("/v1/ledger", headers=head.admin).json()["entries"]
+    assert any(e["kind"] == "settle" and e["ref"] == "l-sweep" for e in entries)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -90,3 +91,16 @@ def test_systemd_unit_runs_a_real_command(monkeypatch, capsys):
     assert binary.endswith("/computeswarm")
     code, out, _ = run_cli(monkeypatch, capsys, *args, "--help")
     assert code == 0 and "--state-dir" in out
+
+
+def test_the_local_swarm_record_holding_keys_is_private(tmp_path, monkeypatch):
+    """L3: local-swarm.json (admin and buyer keys) was written with the default umask."""
+    from computeswarm.cluster.local_swarm import LocalSwarm
+
+    monkeypatch.setenv("COMPUTESWARM_HOME", str(tmp_path))
+    old = os.umask(0o022)
+    try:
+        LocalSwarm("loopback", str(tmp_path), "http://x", admin_key="csk_a_b").save()
+    finally:
+        os.umask(old)
+    assert LocalSwarm.record_path().stat().st_mode & 0o777 == 0o600

@@ -58,3 +58,25 @@ def test_render_replaces_the_table_in_one_transaction():
 def test_table_names_are_validated(bad):
     with pytest.raises(ValueError):
         render(bad)
+
+
+def test_local_processes_of_a_group_reach_only_its_members_and_its_own_ports():
+    fence = HubFence(
+        "wg0",
+        {"l": frozenset({"10.90.0.2"})},
+        {"l": (20000, 20099)},
+        (8443,),
+        local_uids={"l": 2020000},
+        fenced_uids=(2000000, 2065535),
+    )
+    rules = fence.rules()
+    chain = rules[rules.index("chain local_output {") :]
+    assert "meta skuid 2020000 ip daddr 10.90.0.2 accept" in chain
+    assert 'meta skuid 2020000 oifname "lo" tcp dport 20000-20099 accept' in chain
+    # Everything else from any lease uid is dropped, after the allowances.
+    assert chain[-2] == "meta skuid 2000000-2065535 drop"
+    assert not any("8443" in line for line in chain)
+
+
+def test_no_local_fence_without_a_uid_range():
+    assert "chain local_output {" not in HubFence("wg0", {}, {}, (8443,)).rules()

@@ -260,7 +260,7 @@ def test_a_spec_error_is_a_user_error_and_names_its_source():
 # --- kinds ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["scrip", "Script", 3])
+@pytest.mark.parametrize("kind", ["scrip", "Script", 3, ["script"], {"a": 1}])  # L1: was a 500
 def test_an_unknown_kind_is_refused(kind):
     assert refused(spec(kind=kind)) == (
         f"job spec: unknown kind {kind!r} (supported: script, lora, pipeline, sweep, serve)"
