@@ -68,6 +68,11 @@ class MarketConfig(StrictModel):
     max_upload_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest job submission (spec + working_dir)."
     )
+    upload_quota_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Per buyer: unpacked working_dirs of its unfinished jobs kept on the head.",
+    )
 
 
 class CoordinatorConfig(StrictModel):

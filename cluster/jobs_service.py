@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from computeswarm.cluster import ledger, model_registry, serve_jobs, sweep_jobs, training_jobs
 from computeswarm.cluster.accounts import Caller, Role
@@ -19,6 +19,7 @@ from computeswarm.cluster.errors import ApiError, Conflict, NotFound
 from computeswarm.cluster.leases import bid_for
 from computeswarm.cluster.market import Match, match
 from computeswarm.cluster.store.models import Account, Job, Lease, LeaseMember, LedgerEntry, Seller
+from computeswarm.jobs.errors import SpecError
 from computeswarm.jobs.spec import (
     ServeJob,
     adapter_is_path,
@@ -46,17 +47,27 @@ class JobsService:
                 "(`computeswarm submit` uploads it for you)"
             )
         job_id = f"j-{secrets.token_hex(6)}"
-        upload = None
+        upload, upload_bytes = None, None
+        # Nothing reaches the disk from a buyer who could not pay for the job, or past the
+        # buyer's quota: an upload unpacks to up to 4x its size.
+        free = self._upload_room(caller, spec.escrow_micros)
         if working_dir_zip is not None:
             target = self.c.config.state_dir / "jobs" / job_id / "working_dir"
+            limit = min(4 * self.c.config.market.max_upload_bytes, free)
             try:
-                unpack_working_dir(
-                    working_dir_zip, target, max_bytes=4 * self.c.config.market.max_upload_bytes
-                )
+                unpack_working_dir(working_dir_zip, target, max_bytes=limit)
+            except SpecError as e:
+                shutil.rmtree(target.parent, ignore_errors=True)
+                if limit == free and "unpacks to over" in str(e):
+                    raise ApiError(
+                        _quota_message(self.c.config.market.upload_quota_bytes)
+                    ) from None
+                raise
             except BaseException:
                 shutil.rmtree(target.parent, ignore_errors=True)
                 raise
             upload = str(target)
+            upload_bytes = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
         try:
             # Training inputs are checked here, before anything is leased.
             check_inputs(spec, Path(upload) if upload else None)
@@ -77,11 +88,31 @@ class JobsService:
                 state=JobState.PENDING.value,
                 reason="waiting for the market",
                 upload_path=upload,
+                upload_bytes=upload_bytes,
                 created_at=self.c.clock(),
             )
             db.add(job)
         self.c.wake_scheduler()
         return self.view(caller, job_id)
+
+    def _upload_room(self, caller: Caller, escrow_micros: int) -> int:
+        """Bytes this buyer may still unpack; refuses a buyer who cannot fund the escrow."""
+        quota = self.c.config.market.upload_quota_bytes
+        with self.c.store.transaction() as db:
+            funds = ledger.balance(db, ledger.buyer(caller.account_id))
+            used = db.scalar(
+                select(func.coalesce(func.sum(Job.upload_bytes), 0)).where(
+                    Job.account_id == caller.account_id, Job.upload_bytes > 0
+                )
+            )
+        if caller.role is Role.BUYER and funds < escrow_micros:
+            raise ApiError(
+                f"insufficient funds: {money_text(funds)} available, {money_text(escrow_micros)} "
+                "needed in escrow (lower pricing.budget, or deposit first)"
+            )
+        if used >= quota:
+            raise ApiError(_quota_message(quota))
+        return quota - used
 
     def quote(self, caller: Caller, spec_data: dict, explain: bool) -> dict:
         """What the market would choose now, without leasing anything."""
@@ -336,3 +367,11 @@ def _reasons(bid, asks, now, fee_bps) -> dict[str, str]:
         a.seller_id: explain(bid, a, now, fee_bps) or "eligible, but not among the cheapest"
         for a in asks
     }
+
+
+def _quota_message(quota: int) -> str:
+    return (
+        f"upload quota of {quota // 2**20} MiB reached: the working_dirs of your unfinished "
+        "jobs are kept until they end; cancel one, or upload less (exclude data the job can "
+        "fetch itself)"
+    )

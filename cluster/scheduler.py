@@ -80,6 +80,7 @@ _UNSETTLED = (
     LeaseState.RUNNING.value,
     LeaseState.RELEASING.value,
 )
+_SETTLED = (LeaseState.CLOSED.value, LeaseState.FAILED.value)
 ACTIVE_LEASE_STATES = (
     LeaseState.MATCHED,
     LeaseState.PROVISIONING,
@@ -111,6 +112,27 @@ class LeaseScheduler:
             self.watch(now)
             self.release(now)
             self.c.sync_fence()
+            self.drop_finished_uploads()
+
+    def drop_finished_uploads(self) -> None:
+        """A finished job's uploaded working_dir is deleted once its lease has settled (the
+        release reads it: datasets' hashes, the registered model), and no longer counts
+        against the buyer's quota. Its logs, run folder and models stay."""
+        with self.c.store.transaction() as db:
+            finished = db.execute(
+                select(Job.id, Job.upload_path)
+                .outerjoin(Lease, Lease.id == Job.lease_id)
+                .where(
+                    Job.state.in_([s.value for s in JobState if s.is_terminal]),
+                    Job.upload_bytes > 0,
+                    (Lease.id.is_(None)) | Lease.state.in_(_SETTLED),
+                )
+            ).all()
+        for job_id, upload in finished:
+            if upload:
+                shutil.rmtree(upload, ignore_errors=True)
+            with self.c.store.transaction() as db:
+                db.get(Job, job_id).upload_bytes = 0
 
     # -- pending -> matched ---------------------------------------------------------------
 

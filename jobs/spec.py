@@ -582,7 +582,7 @@ def check_inputs(spec: AnyJob, working_dir: Path | None) -> None:
                 if not (folder / "adapter_config.json").is_file():
                     raise SpecError(
                         f"adapter {name}: {ref!r} is not an adapter folder (adapter_config.json) "
-                        f"in the working_dir {working_dir}"
+                        "in the working_dir"
                     )
         return
     _check_dataset(working_dir, spec.dataset)
@@ -604,21 +604,26 @@ def _inside(working_dir: Path, relative: str) -> Path:
 def _check_dataset(working_dir: Path, dataset: str) -> None:
     path = (working_dir / dataset).resolve()
     if working_dir.resolve() not in path.parents or not path.is_file():
-        raise SpecError(f"dataset {dataset!r} is not a file in the working_dir {working_dir}")
+        raise SpecError(f"dataset {dataset!r} is not a file in the working_dir")
 
 
 def _check_model(working_dir: Path, model: str) -> None:
+    if model.startswith(("/", "~")):
+        # A path on the coordinator's host says nothing of the sellers' disks, and named
+        # other buyers' files there (M7); a lease's sandbox sees none of them anyway.
+        raise SpecError(
+            f"model {model!r}: absolute paths are not allowed; put the model folder "
+            "(save_pretrained output) in the working_dir, or name a hub id"
+        )
     local = working_dir / model
     if local.is_dir():
         if working_dir.resolve() not in local.resolve().parents:
             raise SpecError(f"model {model!r} leads outside the working_dir")
         if not (local / "config.json").is_file():
             raise SpecError(f"model folder {model!r} has no config.json (save_pretrained output)")
-    elif model.startswith("/") and (Path(model) / "config.json").is_file():
-        return  # a model already on every seller's disk (a shared or baked-in path)
     elif looks_like_path(model):
         raise SpecError(
-            f"model path {model!r} not found in the working_dir {working_dir}; "
+            f"model path {model!r} not found in the working_dir; "
             "put the model folder (save_pretrained output) next to the spec"
         )
 

@@ -176,11 +176,9 @@ def _add_routes(app: FastAPI, c: Coordinator) -> None:
             return _seller_view(seller, db.get(Offer, seller_id), who)
 
     @app.post("/v1/sellers/{seller_id}/heartbeat", response_model=HeartbeatReply, tags=["sellers"])
-    async def heartbeat(
-        seller_id: str, body: HeartbeatRequest, who: Caller = Depends(caller)
-    ) -> dict:
-        # The hottest endpoint: run inline on the event loop (two short statements on a
-        # local store) rather than paying a thread-pool hop per heartbeat.
+    def heartbeat(seller_id: str, body: HeartbeatRequest, who: Caller = Depends(caller)) -> dict:
+        # In the thread pool, like every route that touches the store: inline on the event
+        # loop, one held SQLite write lock froze the whole API and the gateway (M1).
         with c.store.connection() as db:
             state = registry.heartbeat(
                 db,

@@ -105,6 +105,8 @@ class Job(Base):
     upload_path: Mapped[str | None] = mapped_column(String(500), nullable=True)
     # Chosen by the coordinator when the job is first leased; never read from the upload.
     run_dir: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # Bytes of the unpacked upload while it is kept (0 once the finished job's is deleted).
+    upload_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     submission_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)

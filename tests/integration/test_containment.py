@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 
+from computeswarm.cluster import ledger
 from computeswarm.cluster.accounts import authenticate
 from computeswarm.cluster.ray_nodes import process_start, session_pids
 from computeswarm.cluster.store.models import Lease
@@ -98,3 +99,126 @@ def test_a_heartbeat_claiming_a_running_node_does_not_attach_or_bill(sqlite_head
     with head.coordinator.store.transaction() as db:
         member = db.scalars(select(LeaseMember).where(LeaseMember.lease_id == "l-forming")).one()
         assert (member.state, member.attached_at) == ("assigned", None)
+
+
+def test_a_held_store_lock_does_not_freeze_the_api(sqlite_head, tmp_path):
+    """M1: the heartbeat route ran its SQL on the event loop, so a writer holding SQLite's
+    lock for 3 s made /healthz (and the gateway) wait 2.66 s behind it."""
+    import socket
+    import sqlite3
+    import threading
+
+    import httpx
+    import uvicorn
+
+    head = sqlite_head
+    seller = head.enroll()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(head.http.app, host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        writer = sqlite3.connect(tmp_path / "head" / "coordinator.db", isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")  # hold the write lock
+        beat = threading.Thread(
+            target=httpx.post,
+            args=(f"{base}/v1/sellers/{seller['seller_id']}/heartbeat",),
+            kwargs={
+                "headers": head.auth(seller["api_key"]),
+                "json": {"gpus": [], "simulated": True},
+                "timeout": 30,
+            },
+        )
+        beat.start()
+        time.sleep(0.5)  # the heartbeat now waits for the lock
+        started = time.monotonic()
+        assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+        waited = time.monotonic() - started
+        time.sleep(2.5)
+        writer.execute("COMMIT")
+        writer.close()
+        beat.join(30)
+        assert waited < 1.0, f"/healthz waited {waited:.2f} s behind a held store lock"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _upload(tmp_path, size: int) -> str:
+    import base64
+    import os
+
+    from computeswarm.jobs.upload import pack_working_dir
+
+    folder = tmp_path / f"wd-{size}"
+    folder.mkdir(exist_ok=True)
+    (folder / "data.bin").write_bytes(os.urandom(size))  # random: the zip is as big
+    return base64.b64encode(pack_working_dir(folder, 2**20)).decode()
+
+
+def _script(budget: str = "0.10") -> dict:
+    return {
+        "kind": "script",
+        "name": "upload",
+        "entrypoint": "python x.py",
+        "runtime_env": {"working_dir": "."},
+        "resources": {"gpus": "any:1"},
+        "pricing": {"max_price_per_gpu_hour": "1.00", "budget": budget},
+    }
+
+
+def test_uploads_need_funds_fit_a_quota_and_are_deleted_when_the_job_ends(tmp_path):
+    """H3: an 80 KiB request unpacked to 60 MiB that stayed on disk forever, even from a
+    buyer with no funds; nothing deleted finished jobs' uploads; there was no quota."""
+    from computeswarm.cluster.store.models import Job
+    from tests.integration.conftest import make_head
+
+    head = make_head(tmp_path, **{"market.upload_quota_bytes": 6000})
+    try:
+        head.coordinator.stop_loops()
+        jobs_dir = tmp_path / "head" / "jobs"
+        broke = head.account("buyer", "broke")
+        refused = head.http.post(
+            "/v1/jobs",
+            json={"spec": _script(), "working_dir_zip": _upload(tmp_path, 100)},
+            headers=head.auth(broke),
+        )
+        assert refused.status_code == 400 and "insufficient funds" in refused.json()["detail"]
+        assert not jobs_dir.exists() or not any(jobs_dir.iterdir())
+
+        buyer = head.account("buyer", "paying")
+        with head.coordinator.store.transaction() as db:
+            owner = authenticate(db, buyer).account_id
+            ledger.post(db, ledger.deposit(owner, 10**7), head.clock())
+
+        def submit(size: int):
+            return head.http.post(
+                "/v1/jobs",
+                json={"spec": _script(), "working_dir_zip": _upload(tmp_path, size)},
+                headers=head.auth(buyer),
+            )
+
+        first = submit(4000)
+        assert first.status_code == 200, first.text
+        over = submit(4000)
+        assert over.status_code == 400 and "upload quota" in over.json()["detail"], over.text
+        assert len(list(jobs_dir.iterdir())) == 1  # the refused one left nothing
+
+        # The buyer cancels the first; once it has ended, its upload goes and frees the quota.
+        job_id = first.json()["id"]
+        assert head.http.post(f"/v1/jobs/{job_id}/cancel", headers=head.auth(buyer)).is_success
+        head.coordinator.scheduler.tick()
+        assert not (jobs_dir / job_id / "working_dir").exists()
+        with head.coordinator.store.transaction() as db:
+            assert db.get(Job, job_id).upload_bytes == 0
+        assert submit(4000).status_code == 200
+    finally:
+        head.coordinator.stop()

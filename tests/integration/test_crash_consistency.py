@@ -58,7 +58,7 @@ def test_sigkill_mid_burst_leaves_a_consistent_store(tmp_path, database_url):
         head = _start(tmp_path, port, database_url)
         _check_store(database_url, succeeded)
         # The hub was rebuilt from the store: one peer per seller.
-        metrics = httpx.get(f"{url}/metrics").text
+        metrics = httpx.get(f"{url}/metrics", headers=admin).text
         peers = next(
             line for line in metrics.splitlines() if line.startswith("computeswarm_tunnel_peers{")
         )

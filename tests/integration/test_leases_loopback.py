@@ -320,7 +320,8 @@ def test_a_spent_budget_ends_the_lease_and_the_buyer_pays_no_more(swarm):
     ended = _settled(swarm, submitted["id"])
     assert ended["lease"]["escrow"] == "0.001000"
     assert float(ended["cost"]) <= 0.001
-    metrics = httpx.get(f"{swarm.url}/metrics").text
+    admin = {"Authorization": f"Bearer {_admin_key(swarm.root, swarm.url)}"}
+    metrics = httpx.get(f"{swarm.url}/metrics", headers=admin).text
     sold = next(
         line
         for line in metrics.splitlines()

@@ -220,3 +220,19 @@ def test_market_quote_shows_the_pipeline_split_over_the_matched_sellers(tmp_path
     # 24 GB and 12 GB: the bigger GPU holds twice the blocks.
     assert "stage 0 on s-big (24 GB): layers 0-3" in result.output
     assert "stage 1 on s-small (12 GB): layers 4-5" in result.output
+
+
+def test_a_model_path_on_the_coordinators_host_is_refused_and_errors_name_no_host_path(tmp_path):
+    """M7: a spec could name any folder with a config.json on the coordinator's host
+    (another buyer's upload); L2: errors showed the coordinator's own paths."""
+    other = tmp_path / "other-buyer" / "model"
+    other.mkdir(parents=True)
+    (other / "config.json").write_text("{}")
+    (tmp_path / "data.jsonl").write_text('{"text": "hi"}\n')
+    for model in (str(other), "~/model"):
+        with pytest.raises(SpecError, match="absolute paths are not allowed") as refusal:
+            check_inputs(parse_job_spec(training_spec(model=model)), tmp_path)
+        assert str(tmp_path) not in str(refusal.value).replace(model, "")
+    with pytest.raises(SpecError) as missing:
+        check_inputs(parse_job_spec(training_spec(dataset="nope.jsonl")), tmp_path)
+    assert str(tmp_path) not in str(missing.value)
