@@ -63,6 +63,9 @@ class Coordinator:
         self.metrics.register(SellerCollector(self.store, clock))
         limits = config.limits
         self.limiter = RateLimiter(limits.requests_per_second, limits.burst, time.monotonic)
+        # Wrong keys per client address (L5): a burst, then one a second (an agent left
+        # with a revoked key heartbeats about that often and locks no one else out).
+        self.failed_logins = RateLimiter(1.0, 30, time.monotonic)
         self.keys = KeyCache(self.store, time.monotonic)
         self._enroll_lock = threading.Lock()  # one allocation of "the next address" at a time
         self._backend = backend

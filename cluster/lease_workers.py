@@ -141,8 +141,9 @@ class LeaseWorkers:
 
     def _stop(self, lease_id: str, wait: bool = False) -> None:
         process, _ = self.nodes.pop(lease_id)
-        temp_dir = self._temp_dirs.pop(lease_id, None)
+        temp_dir = self._temp_dirs.pop(lease_id, None)  # (the sandbox's scratch: its token too)
         self._save()
+        (self.state_dir / "leases" / lease_id / "token").unlink(missing_ok=True)
         log.info("lease %s: stopping the worker node", lease_id)
         if wait:
             _stop_node(process.pid, temp_dir)

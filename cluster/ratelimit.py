@@ -26,6 +26,16 @@ class RateLimiter:
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
+    def peek(self, key: str) -> float:
+        """What `check` would return, without spending a token."""
+        now = self.clock()
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                return 0.0
+            tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+            return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
     def check(self, key: str) -> float:
         now = self.clock()
         with self._lock:

@@ -746,6 +746,7 @@ class LeaseScheduler:
         failed = db.get(Job, lease.job_id).state == JobState.FAILED.value
         lease.state = (LeaseState.FAILED if failed else LeaseState.CLOSED).value
         lease.ended_at = lease.ended_at or now
+        lease.token = ""  # its cluster is gone: no credential outlives it (L4)
         log.info("lease %s %s: %s", lease.id, lease.state, lease.reason or "job done")
 
     # -- helpers --------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from computeswarm.cluster.api.schemas import (
     SellerView,
 )
 from computeswarm.cluster.coordinator import Coordinator
-from computeswarm.cluster.errors import ApiError, RateLimited
+from computeswarm.cluster.errors import ApiError, RateLimited, Unauthorized
 from computeswarm.cluster.gateway import MAX_BODY_BYTES as GATEWAY_MAX_BODY_BYTES
 from computeswarm.cluster.states import SellerState
 from computeswarm.cluster.store.models import Offer, Seller
@@ -71,7 +71,15 @@ def _add_routes(app: FastAPI, c: Coordinator) -> None:
         # Async on purpose: a cached key is checked without a thread-pool hop (most calls).
         header = request.headers.get("authorization", "")
         presented = header[7:].strip() if header.lower().startswith("bearer ") else None
-        who = c.keys.authenticate(presented)
+        client = f"ip:{request.client.host if request.client else '?'}"
+        if presented is not None and (wait := c.failed_logins.peek(client)) > 0:
+            raise RateLimited(wait)  # checked before the key: a lucky guess gets nothing
+        try:
+            who = c.keys.authenticate(presented)
+        except Unauthorized:
+            if presented is not None:
+                c.failed_logins.check(client)
+            raise
         _rate_limit(c, f"key:{who.key_id}")
         request.scope.setdefault("state", {})["key_id"] = who.key_id
         return who

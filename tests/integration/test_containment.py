@@ -222,3 +222,17 @@ def test_uploads_need_funds_fit_a_quota_and_are_deleted_when_the_job_ends(tmp_pa
         assert submit(4000).status_code == 200
     finally:
         head.coordinator.stop()
+
+
+def test_guessing_keys_is_limited_per_client(sqlite_head):
+    """L5: failed logins were not limited, so keys could be guessed at the API's rate."""
+    head = sqlite_head
+    buyer = head.account("buyer")
+    forged = buyer[:-6] + "AAAAAA"
+    statuses = [head.http.get("/v1/jobs", headers=head.auth(forged)).status_code for _ in range(40)]
+    # A burst of 30, then about one a second (the loop is much faster than that).
+    assert statuses[:30] == [401] * 30 and statuses.count(429) >= 5, statuses
+    # While the client is held back, even a right key (a lucky guess) gets nothing.
+    head.coordinator.failed_logins.check("ip:testclient")  # spend what refilled meanwhile
+    held = head.http.get("/v1/jobs", headers=head.auth(buyer))
+    assert held.status_code == 429 and int(held.headers["retry-after"]) >= 1

@@ -267,6 +267,7 @@ def test_a_malformed_trial_record_ends_its_lease_and_the_escrow_is_settled(sqlit
     with head.coordinator.store.transaction() as db:
         lease, job = db.get(Lease, "l-sweep"), db.get(Job, "j-sweep")
         assert lease.state in ("closed", "failed"), (lease.state, lease.reason)
+        assert lease.token == ""  # L4: a settled lease keeps no credential
         assert job.state == "failed" and "internal error" in job.reason, job.reason
         assert str(tmp_path) not in job.reason  # no coordinator paths shown to the buyer
     entries = head.http.get("/v1/ledger", headers=head.admin).json()["entries"]
