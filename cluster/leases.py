@@ -117,8 +117,24 @@ def free_port_base(
     return None
 
 
-def budget_end(started_at: float, escrow_micros: int, price_per_hour_micros: int) -> float:
-    """When metered use would reach the escrow held for the lease."""
-    if price_per_hour_micros <= 0:
+def budget_end(
+    members: Iterable[tuple[float | None, float | None, int, int]], escrow_micros: int
+) -> float:
+    """When the buyer's metered use reaches the escrow held for the lease.
+
+    `members` are (attached_at, detached_at, gpus, price per GPU-hour) of everyone who was
+    in the lease, each at its own price (a repair may cost more): metering runs from each
+    member's attach, so the budget does too. Detached members' use is fixed; the rest
+    grows with time."""
+    spent, rate, offset = 0.0, 0.0, 0.0
+    for attached_at, detached_at, gpus, price in members:
+        if attached_at is None:
+            continue
+        if detached_at is not None:
+            spent += price * gpus * max(0.0, detached_at - attached_at) / 3600
+        else:
+            rate += price * gpus / 3600
+            offset += price * gpus * attached_at / 3600
+    if rate <= 0:
         return float("inf")
-    return started_at + escrow_micros * 3600 / price_per_hour_micros
+    return (escrow_micros - spent + offset) / rate

@@ -512,8 +512,14 @@ class LeaseScheduler:
                 self.start_release(db, lease, reason, final)
             elif now >= lease.deadline:
                 self.start_release(db, lease, "max_duration reached", JobState.FAILED)
-            elif now >= budget_end(
-                lease.started_at or now, lease.escrow_micros, lease.price_per_hour_micros
+            # One tick early: the lease must end before use passes the escrow, or sellers
+            # are paid below their ask and the platform its fee (M2).
+            elif now + self.c.config.market.tick_s >= budget_end(
+                (
+                    (m.attached_at, m.detached_at, m.gpus, m.price_micros)
+                    for m in self._members(db, lease.id, everyone=True)
+                ),
+                lease.escrow_micros,
             ):
                 self.start_release(db, lease, "budget spent", JobState.FAILED)
             elif lost := self._lost_member(db, lease.id):

@@ -151,3 +151,25 @@ def test_shipped_example_config_is_valid():
     example = Path(computeswarm.configs.__file__).parent / "coordinator.yaml"
     cfg = load_config(example, env={})
     assert cfg.overlay.cidr == "10.90.0.0/16"
+
+
+def test_the_budget_runs_from_each_members_attach_at_its_own_price():
+    """M2: the budget was counted from the job's start at the lease's first price, while
+    metering ran from each attach (and a repair's price): the escrow ran out first and a
+    seller was paid 23.5 % below its ask."""
+    from computeswarm.cluster.leases import budget_end
+    from computeswarm.cluster.ledger import Usage, metered_seconds
+
+    escrow = 1_000_000  # 1.00
+    # Two sellers attach at t=0 and t=5 (the job starts at t=20), at 0.44/GPU-h; one is
+    # lost at t=600 and replaced from t=610 at 0.66/GPU-h.
+    members = [(0.0, None, 1, 440_000), (5.0, 600.0, 1, 440_000), (610.0, None, 1, 660_000)]
+    end = budget_end(members, escrow)
+    usages = [
+        Usage("s", gpus, metered_seconds(a, d if d is not None else end), 0, price)
+        for a, d, gpus, price in members
+    ]
+    spent = sum(u.buyer_micros for u in usages)
+    assert escrow - 2_000 <= spent <= escrow  # used up to the escrow, never past it
+    assert end > 600
+    assert budget_end([(None, None, 1, 440_000)], escrow) == float("inf")  # nobody attached
