@@ -65,6 +65,7 @@ HEAD_SLOTS = 50
 PROVISION_TIMEOUT_S = 180.0
 # A released head's job is over: no reason to let Ray drain for its default 30 s.
 HEAD_STOP_GRACE_S = 3.0
+LIVE_LOG_TTL_S = 1.0
 LOG_ATTEMPTS = 20  # the driver node's log agent can take a while on a busy host
 DRIVER_STARTED = "Running entrypoint"  # written by Ray on the driver node, not the head's stub
 HEAD_OBJECT_STORE_BYTES = 80 * 1024 * 1024
@@ -97,6 +98,9 @@ class LeaseScheduler:
         self._dashboards: dict[str, tuple[str, dict]] = {}
         self._stoppers: list[tuple[int, threading.Thread]] = []
         self._lock = threading.Lock()  # one tick at a time
+        self._live_logs: dict[str, tuple[float, str]] = {}  # job -> (fetched at, text)
+        self._log_locks: dict[str, threading.Lock] = {}
+        self._log_locks_guard = threading.Lock()
 
     @property
     def head_ip(self) -> str:
@@ -820,10 +824,25 @@ class LeaseScheduler:
         return str(info.status.value), (str(getattr(error, "value", error)) if error else None)
 
     def job_logs(self, job_id: str) -> str:
-        """The driver's output so far: live from the lease, or saved after it ended."""
+        """The driver's output so far: live from the lease, or saved after it ended.
+
+        A live log is fetched from the lease at most once per LIVE_LOG_TTL_S per job, by one
+        caller at a time: many buyers' clients following logs (`--follow` polls) cost the
+        head and the API's threads one fetch, not one each (M5)."""
         saved = self.job_log_path(job_id)
         if saved.exists():
             return saved.read_text(errors="replace")
+        with self._log_locks_guard:
+            lock = self._log_locks.setdefault(job_id, threading.Lock())
+        with lock:
+            fetched_at, text = self._live_logs.get(job_id, (0.0, ""))
+            if time.monotonic() - fetched_at < LIVE_LOG_TTL_S:
+                return text
+            text = self._fetch_live_log(job_id)
+            self._live_logs[job_id] = (time.monotonic(), text)
+            return text
+
+    def _fetch_live_log(self, job_id: str) -> str:
         with self.c.store.transaction() as db:
             job = db.get(Job, job_id)
             lease_id = job.lease_id if job and job.submission_id else None
@@ -896,12 +915,14 @@ class LeaseScheduler:
             return
         logs = ""
         for _ in range(LOG_ATTEMPTS):
-            logs = self.job_logs(job_id)
+            logs = self._fetch_live_log(job_id)  # fresh, not the followers' cached copy
             if DRIVER_STARTED in logs or not self._jobs_clients.get(lease_id):
                 break
             time.sleep(1.0)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(logs)
+        self._live_logs.pop(job_id, None)
+        self._log_locks.pop(job_id, None)
 
     def stop_all(self) -> None:
         """Stop every lease head this coordinator runs (on shutdown): none is left behind."""

@@ -49,7 +49,9 @@ from computeswarm.cluster.gateway import (
 log = logging.getLogger("computeswarm.gateway")
 
 UPSTREAM_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=30.0, pool=5.0)
-UPSTREAM_LIMITS = httpx.Limits(max_connections=1024, max_keepalive_connections=64)
+# Per serve job: each has its own pool, so one buyer's long streams cannot take the
+# connections another buyer's requests need (M6).
+UPSTREAM_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=16)
 CLIENT_GONE = 499  # the status metered when the buyer hung up mid-stream (nginx's convention)
 
 
@@ -107,14 +109,14 @@ class _Gateway:
         self.clock = clock
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
-        self._client: httpx.AsyncClient | None = None
+        self._clients: dict[str, httpx.AsyncClient] = {}  # serve job -> its own pool
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def models(self, job_id: str, who: Caller) -> Response:
         try:
             target = await self._target(job_id, who)
             self._admit(job_id, who, target, 0)
-            response = await self._http().get(target.url.rstrip("/") + MODELS_PATH)
+            response = await self._http(job_id).get(target.url.rstrip("/") + MODELS_PATH)
         except ApiError as e:
             return _error(e)
         except httpx.TransportError as e:
@@ -134,7 +136,7 @@ class _Gateway:
             return _error(e)
         call = _Call(self, job_id, who, target, serve, charged, started)
         url = target.url.rstrip("/") + ROUTES[route]
-        client = self._http()
+        client = self._http(job_id)
         try:
             upstream = await client.send(
                 client.build_request("POST", url, json=serve.body, headers=_accept(serve)),
@@ -166,9 +168,9 @@ class _Gateway:
         return _relayed(content, upstream, background=call.record_task(upstream.status_code, usage))
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.aclose()
 
     async def _target(self, job_id: str, who: Caller) -> ServeTarget:
         # The backend may read the store: keep that off the event loop.
@@ -183,19 +185,21 @@ class _Gateway:
             raise RateLimited(decision.retry_after_s)
         return decision.charged
 
-    def _http(self) -> httpx.AsyncClient:
-        # One client per event loop (normally one per app; test clients start their own
-        # loops, and a client must not outlive the loop it was made on).
+    def _http(self, job_id: str) -> httpx.AsyncClient:
+        # One client per serve job and event loop (normally one loop per app; test clients
+        # start their own loops, and a client must not outlive the loop it was made on).
         loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = httpx.AsyncClient(
+        if self._loop is not loop:
+            self._clients, self._loop = {}, loop
+        client = self._clients.get(job_id)
+        if client is None:
+            client = self._clients[job_id] = httpx.AsyncClient(
                 timeout=self.timeout,
                 limits=UPSTREAM_LIMITS,
                 trust_env=False,  # the overlay is direct: never through an environment proxy
                 follow_redirects=False,
             )
-            self._loop = loop
-        return self._client
+        return client
 
 
 class _Call:

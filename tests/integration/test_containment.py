@@ -236,3 +236,28 @@ def test_guessing_keys_is_limited_per_client(sqlite_head):
     head.coordinator.failed_logins.check("ip:testclient")  # spend what refilled meanwhile
     held = head.http.get("/v1/jobs", headers=head.auth(buyer))
     assert held.status_code == 429 and int(held.headers["retry-after"]) >= 1
+
+
+def test_followers_of_a_live_log_share_one_fetch(sqlite_head, monkeypatch):
+    """M5: every poll fetched the driver's whole log from the lease, each in an API thread."""
+    import threading
+
+    scheduler = sqlite_head.coordinator.scheduler
+    fetches = []
+
+    def fetch(job_id: str) -> str:
+        fetches.append(job_id)
+        time.sleep(0.3)  # a slow head
+        return "line\n"
+
+    monkeypatch.setattr(scheduler, "_fetch_live_log", fetch)
+    texts = []
+    followers = [
+        threading.Thread(target=lambda: texts.append(scheduler.job_logs("j-live")))
+        for _ in range(8)
+    ]
+    for follower in followers:
+        follower.start()
+    for follower in followers:
+        follower.join(10)
+    assert texts == ["line\n"] * 8 and fetches == ["j-live"]

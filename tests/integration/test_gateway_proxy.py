@@ -4,6 +4,7 @@ each served by uvicorn on a free 127.0.0.1 port, called with httpx."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import socket
@@ -469,3 +470,45 @@ def test_the_coordinator_app_mounts_the_gateway_behind_its_own_keys(swarm: Swarm
     big = http.post(url, json=COMPLETION | {"prompt": "x" * 300_000}, headers=buyer)
     assert big.status_code == 413
     assert big.json()["error"] == "payload_too_large"
+
+
+def test_one_jobs_long_streams_do_not_starve_another_jobs_requests(monkeypatch):
+    """M6: every serve job shared one upstream pool: one buyer's long streams took the
+    connections, and other buyers' requests got 503s."""
+    from computeswarm.cluster.api import gateway_routes
+
+    monkeypatch.setattr(gateway_routes, "UPSTREAM_LIMITS", httpx.Limits(max_connections=2))
+    seen: list[dict] = []
+    backend = StubBackend()
+    app = FastAPI()
+    timeout = httpx.Timeout(connect=2.0, read=20.0, write=2.0, pool=1.0)
+    app.include_router(gateway_router(backend, stub_caller, FrozenClock(), timeout=timeout))
+    with ServerThread(fake_serve_app(seen)) as upstream, ServerThread(app) as gateway:
+        swarm = Swarm(backend, upstream.url, seen, httpx.Client())
+        hog, other = swarm.serve_job(path="/stalling"), swarm.serve_job(account="acct-b")
+        streams = [
+            threading.Thread(
+                target=_ignore_timeout,
+                args=(
+                    f"{gateway.url}/v1/serve/{hog}/v1/completions",
+                    {**COMPLETION, "stream": True},
+                ),
+            )
+            for _ in range(2)
+        ]
+        for stream in streams:
+            stream.start()
+        time.sleep(1.0)  # both streams hold their connections, stalled upstream
+        started = time.monotonic()
+        r = httpx.post(
+            f"{gateway.url}/v1/serve/{other}/v1/completions", json=COMPLETION, headers=B, timeout=10
+        )
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - started < 1.0
+        for stream in streams:
+            stream.join(10)
+
+
+def _ignore_timeout(url: str, body: dict) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(url, json=body, headers=A, timeout=3)
