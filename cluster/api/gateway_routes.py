@@ -279,10 +279,23 @@ class _Call:
                 yield sse_error_event("the serve app ended the stream before [DONE]")
         finally:
             # Runs on client disconnect too (cancelled): shield the clean-up and metering.
+            usage = reader.usage
+            if usage is None and status == CLIENT_GONE:
+                usage = self.partial_usage(reader.events)
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
-                self.settle(reader.usage)
-                await anyio.to_thread.run_sync(self._record, self.usage(status, reader.usage))
+                self.settle(usage)
+                await anyio.to_thread.run_sync(self._record, self.usage(status, usage))
+
+    def partial_usage(self, events: int) -> Usage:
+        """What a buyer who hung up before the final usage event had generated: a token per
+        content event relayed, the prompt at four characters a token, the time it took. It
+        was metered at 0 (L6), so hanging up early made streams free."""
+        return Usage(
+            prompt_tokens=max(1, self.serve.prompt_chars // 4),
+            completion_tokens=events,
+            gpu_seconds=max(0.0, self.gateway.clock() - self.started),
+        )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

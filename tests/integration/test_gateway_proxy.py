@@ -448,6 +448,8 @@ def test_a_buyer_hanging_up_mid_stream_is_metered_at_once(swarm: Swarm):
     usage = swarm.backend.recorded(job, timeout=2.0)  # not after the 1 s read timeout
     assert time.monotonic() - hung_up < 0.9
     assert (usage.status, usage.stream) == (499, True)
+    # L6: what was streamed before the hang-up is metered, not 0.
+    assert usage.completion_tokens >= 1 and usage.prompt_tokens >= 1
 
 
 def test_the_coordinator_app_mounts_the_gateway_behind_its_own_keys(swarm: Swarm, sqlite_head):
