@@ -214,10 +214,11 @@ def _start_head(
     return process
 
 
-def crash_and_restart_head(swarm: LocalSwarm) -> None:
+def crash_and_restart_head(swarm: LocalSwarm, down_for_s: float = 0.0) -> None:
     """Kill the coordinator without warning (SIGKILL, as a crash would) and start it again
-    on the same state: the drill for "the coordinator died mid-job". Lease heads run in
-    sessions of their own and outlive it; the restarted coordinator deals with them."""
+    on the same state, `down_for_s` later: the drill for "the coordinator died mid-job".
+    Lease heads run in sessions of their own and outlive it; the restarted coordinator
+    deals with them."""
     state = Path(swarm.state_dir)
     old = swarm.head["pid"]
     for pid in session_pids(old):
@@ -225,6 +226,7 @@ def crash_and_restart_head(swarm: LocalSwarm) -> None:
     deadline = time.monotonic() + 10
     while session_pids(old) and time.monotonic() < deadline:
         time.sleep(0.1)
+    time.sleep(down_for_s)
     process = _start_head(swarm, state, swarm.head["netns"], swarm.head["argv"], swarm.head["env"])
     if swarm.mode == "loopback":
         swarm.sessions = [process.pid if s == old else s for s in swarm.sessions]

@@ -201,7 +201,7 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
         raise ApiError(usage)
     if not at:
         return name, None
-    if not number.isdigit() or int(number) < 1:
+    if not (number.isascii() and number.isdigit()) or int(number) < 1:  # "²" isdigit
         raise ApiError(usage)
     return name, int(number)
 

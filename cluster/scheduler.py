@@ -936,27 +936,69 @@ class LeaseScheduler:
         self._stoppers.clear()
 
     def stop_orphaned_heads(self) -> list[str]:
-        """After a crash, heads of leases from before are still running: stop them, and
-        end those leases (their jobs fail with the reason; escrow is settled)."""
-        stopped = []
+        """After a crash, heads of leases from before are still running: ask each how its
+        job ended meanwhile, stop it, and end its lease. A job Ray saw finish keeps that
+        outcome, billed to when it finished; the rest fail (or, sweeps and serve, go back
+        to the queue) with the reason."""
         with self.c.store.transaction() as db:
-            leases = db.scalars(select(Lease).where(Lease.head_session.is_not(None))).all()
-            for lease in leases:
-                # Ours only if the PID still names the process we started: after a reboot
-                # or PID reuse it may lead an unrelated program's session.
-                ours = lease.head_started is not None and (
-                    process_start(lease.head_session) == lease.head_started
-                )
-                if ours and session_pids(lease.head_session):
-                    stop_session(lease.head_session, grace_s=5)
-                    stopped.append(lease.id)
-                if lease.state in (LeaseState.PROVISIONING.value, LeaseState.RUNNING.value):
-                    job = db.get(Job, lease.job_id)
-                    if job.kind in RESUMABLE_KINDS and job.state == JobState.RUNNING.value:
-                        self.requeue(db, lease, "the coordinator restarted")
-                    else:
-                        self.start_release(db, lease, "the coordinator restarted", JobState.FAILED)
+            leases = [
+                (lease.id, lease.head_session, lease.head_started, lease.state)
+                for lease in db.scalars(select(Lease).where(Lease.head_session.is_not(None)))
+            ]
+        stopped = []
+        for lease_id, session, started, state in leases:
+            # Ours only if the PID still names the process we started: after a reboot or
+            # PID reuse it may lead an unrelated program's session.
+            ours = started is not None and process_start(session) == started
+            alive = ours and bool(session_pids(session))
+            active = state in (LeaseState.PROVISIONING.value, LeaseState.RUNNING.value)
+            ended = self._ended_meanwhile(lease_id) if alive and active else None
+            if alive:
+                stop_session(session, grace_s=5)
+                stopped.append(lease_id)
+            if active:
+                with self.c.store.transaction() as db:
+                    self._end_after_restart(db, db.get(Lease, lease_id), ended)
         return stopped
+
+    def _ended_meanwhile(self, lease_id: str) -> tuple[JobState, float] | None:
+        """(outcome, when) of the lease's job if Ray saw it finish, else None."""
+        with self.c.store.transaction() as db:
+            lease = db.get(Lease, lease_id)
+            job = db.get(Job, lease.job_id)
+            submission = job.submission_id if job else None
+        if not submission:
+            return None
+        client = self._client(lease_id)
+        if client is None:
+            return None
+        try:
+            info = client.get_job_info(submission)
+        except Exception as e:  # the head no longer answers: nothing is known
+            log.warning("lease %s: how its job ended is unknown: %s", lease_id, e)
+            return None
+        outcome = {
+            "SUCCEEDED": JobState.SUCCEEDED,
+            "FAILED": JobState.FAILED,
+            "STOPPED": JobState.CANCELLED,
+        }.get(str(info.status.value))
+        if outcome is None or not info.end_time:
+            return None
+        return outcome, info.end_time / 1000
+
+    def _end_after_restart(self, db, lease: Lease, ended: tuple[JobState, float] | None) -> None:
+        reason = "the coordinator restarted"
+        job = db.get(Job, lease.job_id)
+        if ended is not None:
+            outcome, when = ended
+            why = "" if outcome is JobState.SUCCEEDED else f"the job ended {outcome.value}"
+            self.start_release(db, lease, why or "", outcome)
+            # Billed until the job ended, not through the coordinator's outage.
+            lease.ended_at = max(lease.started_at or when, min(when, lease.ended_at))
+        elif job.kind in RESUMABLE_KINDS and job.state == JobState.RUNNING.value:
+            self.requeue(db, lease, reason)
+        else:
+            self.start_release(db, lease, reason, JobState.FAILED)
 
 
 def _assign(db, lease_id: str, allocation, *, driver: bool, now: float) -> Seller:

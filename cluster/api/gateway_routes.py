@@ -300,7 +300,7 @@ class _Call:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body over the {limit}-byte limit")
     body = bytearray()
     async for chunk in request.stream():

@@ -34,7 +34,9 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         limit = self.limit_for(scope["path"])
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        if declared is not None and (
+            not (declared.isascii() and declared.isdigit()) or int(declared) > limit
+        ):
             return await _too_large(send, limit)
         seen = 0
         refused = False

@@ -217,3 +217,22 @@ def test_buyer_code_is_contained_on_its_seller_and_on_the_lease_head(swarm):
     print(f"containment: {tried} attacks tried, {got_through} got through")
     # The driver is on the seller, the pinned task on the head: both really ran.
     assert report["head_task"]["reach"][f"{own_address}:22"] != "open"
+
+
+def test_a_job_that_finished_while_the_coordinator_was_down_keeps_its_outcome(swarm):
+    """M3: a restart stopped every head without asking Ray how its job had ended, so a
+    job that succeeded meanwhile was marked failed, and the outage was billed."""
+    from computeswarm.cluster.local_swarm import LocalSwarm, crash_and_restart_head
+
+    buyer = CoordinatorClient(swarm.coordinator, swarm.buyer_key, timeout=60)
+    job_id = submit(buyer, spec("while-down", 1, {"HOLD_S": "2"}))
+    wait(buyer, job_id, ("running",))
+    crash_and_restart_head(LocalSwarm.load() or swarm, down_for_s=10)
+    back = time.time()
+    job = wait(buyer, job_id, ("succeeded", "failed", "cancelled"), timeout=60)
+    assert job["state"] == "succeeded", job
+    deadline = time.monotonic() + 30
+    while (member := buyer.job(job_id)["lease"]["members"][0])["detached_at"] is None:
+        assert time.monotonic() < deadline, "the lease was not settled"
+        time.sleep(0.5)
+    assert member["detached_at"] < back - 3, (member, back)  # not billed through the outage

@@ -84,3 +84,10 @@ def test_view_hides_where_the_files_live():
     assert shown["ref"] == "m@2" and shown["parent"] == "mv-0"
     assert shown["metrics"] == {"loss": 0.5}
     assert "artifact_path" not in shown
+
+
+@pytest.mark.parametrize("ref", ["adder@²¹", "adder@٣x", "adder@0", "adder@-1", "adder@"])
+def test_a_version_that_is_not_ascii_digits_is_refused_not_a_server_error(ref):
+    """Found by schemathesis: "²¹".isdigit() is true and int() of it raises (a 500)."""
+    with pytest.raises(ApiError):
+        parse_ref(ref)
