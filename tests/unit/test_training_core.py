@@ -236,3 +236,31 @@ def test_a_model_path_on_the_coordinators_host_is_refused_and_errors_name_no_hos
     with pytest.raises(SpecError) as missing:
         check_inputs(parse_job_spec(training_spec(dataset="nope.jsonl")), tmp_path)
     assert str(tmp_path) not in str(missing.value)
+
+
+def test_an_upload_cannot_choose_its_run_folder_and_drivers_cannot_be_shadowed(tmp_path):
+    """C1: a file named `computeswarm-run-dir` in a buyer's upload chose the run folder
+    (another buyer's run came back that way), and `python -m` ran a driver module from the
+    buyer's working_dir first."""
+    from computeswarm.cluster import serve_jobs, sweep_jobs, training_jobs
+    from computeswarm.cluster.store.models import Job
+
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    (upload / "data.jsonl").write_text('{"text": "hi"}\n')
+    (upload / "computeswarm-run-dir").write_text(str(tmp_path / "someone-else" / "runs" / "x"))
+    spec = parse_job_spec(training_spec())
+    job = Job(
+        id="j-1",
+        account_id="acct-a",
+        name="t",
+        spec=spec.model_dump(mode="json"),
+        upload_path=str(upload),
+    )
+    storage = tmp_path / "storage"
+    chosen = training_jobs.choose_run_dir(storage, job, spec)
+    assert storage / "acct-a" / "runs" in chosen.parents
+    assert job.run_dir == str(chosen)  # recorded by the coordinator, read back from there
+    assert training_jobs.run_dir(storage, job, spec) == chosen
+    for module in (training_jobs, sweep_jobs, serve_jobs):
+        assert module.ENTRYPOINT.startswith("python -I -m computeswarm.")
