@@ -96,10 +96,10 @@ class Sandbox:
         lease = [("--ro-bind", p) for p in self.read_only] + [
             ("--bind", p) for p in self.read_write
         ]
-        view += _mounts(shared)
-        # The scratch becomes /tmp before the lease's own folders are bound: on a one-machine
-        # testbed those may lie under the host's /tmp, and must stay visible.
+        # The scratch becomes /tmp first: what is bound after it stays visible even where it
+        # lies under the host's /tmp (a checkout there, or a one-machine testbed's folders).
         view += ["--bind", str(self.scratch), HOME]
+        view += _mounts(shared)
         view += _mounts(lease)
         view += [arg for device in gpu_devices() for arg in ("--dev-bind", device, device)]
         # Passwd/group name the lease user (Ray and torch look the user name up).
@@ -136,6 +136,7 @@ class Sandbox:
         """Make the scratch folder, owned by the lease uid and private to it (the passwd and
         group files it is shown stay root's)."""
         copy_build_cache(self.scratch)
+        traversable(self.python)
         hand_over(self.scratch, self.uid)
         self.scratch.chmod(0o700)
         (self.scratch / ".passwd").write_text(
@@ -155,6 +156,17 @@ def write_token(folder: Path, token: str, uid: int | None) -> Path:
     if uid is not None:
         os.chown(path, uid, uid)
     return path
+
+
+def traversable(paths: tuple[str, ...]) -> None:
+    """Let any uid pass through the bound folders of the Python environment: a checkout
+    made private (`mktemp -d` makes 0700 folders) is otherwise out of the lease uid's reach
+    even where it is bound. Only the search bit, and only on the bound folders themselves
+    (bwrap makes their parents afresh): nothing becomes listable or readable that was not."""
+    for path in paths:
+        mode = os.stat(path).st_mode
+        if not mode & 0o001:
+            os.chmod(path, mode | 0o001)
 
 
 def hand_over(folder: Path, uid: int) -> None:

@@ -72,3 +72,17 @@ def test_a_drivers_claimed_adapter_must_lie_inside_its_run_folder(tmp_path):
     assert inside(run, "adapter") == (run / "adapter").resolve()
     for claim in (str(tmp_path / "other"), "../other", "escape", "/etc", "", None, 3, "missing"):
         assert inside(run, claim) is None, claim
+
+
+def test_a_private_checkout_is_made_traversable_and_nothing_more(tmp_path):
+    """Found by a fresh-clone CI run: a checkout under a 0700 folder (mktemp -d) left the
+    lease uid unable to reach the venv bound into its view."""
+    from computeswarm.cluster.sandbox import traversable
+
+    above, private = tmp_path / "above", tmp_path / "above" / "ci"
+    private.mkdir(parents=True)
+    above.chmod(0o700)
+    private.chmod(0o700)
+    traversable((str(private),))
+    assert private.stat().st_mode & 0o777 == 0o701
+    assert above.stat().st_mode & 0o777 == 0o700  # parents are bwrap's own in the view
