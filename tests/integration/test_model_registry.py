@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect, select
 from typer.testing import CliRunner
 
-from computeswarm.cluster import model_registry
+from computeswarm.cluster import ledger, model_registry
 from computeswarm.cluster.accounts import authenticate
 from computeswarm.cluster.client import CoordinatorClient
 from computeswarm.cluster.errors import ApiError, Conflict, NotFound
@@ -311,6 +311,9 @@ def test_a_serve_job_serves_only_its_owners_versions(sqlite_head, tmp_path):
         "pricing": {"max_price_per_gpu_hour": "1.0"},
     }
     upload = pack_working_dir(folder, 2**20)
+    with head.coordinator.store.transaction() as db:  # both can fund it (no upload otherwise)
+        for key in (owner_key, other_key):
+            ledger.post(db, ledger.deposit(account_of(head, key), 100 * 10**6), head.clock())
     with pytest.raises(NotFound, match="adder"):
         client_for(head, other_key).submit_job(spec, upload)
     with head.coordinator.store.transaction() as db:
