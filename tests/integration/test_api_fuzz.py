@@ -5,36 +5,22 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
+
+from tests.integration.http_server import ServerThread
 
 ST = Path(sys.executable).parent / "st"
 
 
 @pytest.fixture
 def served_head(sqlite_head):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(sqlite_head.http.app, host="127.0.0.1", port=port, log_level="critical")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
     sqlite_head.coordinator.stop_loops()  # nothing else writes while it runs
-    yield sqlite_head, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with ServerThread(sqlite_head.http.app) as server:
+        yield sqlite_head, server.url
 
 
 @pytest.mark.skipif(not ST.exists() and not shutil.which("st"), reason="schemathesis missing")

@@ -104,28 +104,17 @@ def test_a_heartbeat_claiming_a_running_node_does_not_attach_or_bill(sqlite_head
 def test_a_held_store_lock_does_not_freeze_the_api(sqlite_head, tmp_path):
     """M1: the heartbeat route ran its SQL on the event loop, so a writer holding SQLite's
     lock for 3 s made /healthz (and the gateway) wait 2.66 s behind it."""
-    import socket
     import sqlite3
     import threading
 
     import httpx
-    import uvicorn
+
+    from tests.integration.http_server import ServerThread
 
     head = sqlite_head
     seller = head.enroll()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(head.http.app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with ServerThread(head.http.app) as server:
+        base = server.url
         writer = sqlite3.connect(tmp_path / "head" / "coordinator.db", isolation_level=None)
         writer.execute("BEGIN IMMEDIATE")  # hold the write lock
         beat = threading.Thread(
@@ -147,9 +136,6 @@ def test_a_held_store_lock_does_not_freeze_the_api(sqlite_head, tmp_path):
         writer.close()
         beat.join(30)
         assert waited < 1.0, f"/healthz waited {waited:.2f} s behind a held store lock"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def _upload(tmp_path, size: int) -> str:

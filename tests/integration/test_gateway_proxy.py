@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.testclient import TestClient
@@ -25,6 +24,7 @@ from computeswarm.cluster.api.app import create_app
 from computeswarm.cluster.api.gateway_routes import gateway_router
 from computeswarm.cluster.errors import ApiError, Unauthorized
 from computeswarm.cluster.gateway import RequestUsage, ServeTarget
+from tests.integration.http_server import ServerThread
 
 USAGE = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8, "gpu_seconds": 0.25}
 STREAM_EVENTS = [
@@ -142,33 +142,6 @@ def gateway_app(backend: StubBackend) -> FastAPI:
     timeout = httpx.Timeout(connect=2.0, read=1.0, write=2.0, pool=2.0)
     app.include_router(gateway_router(backend, stub_caller, FrozenClock(), timeout=timeout))
     return app
-
-
-class ServerThread:
-    """A uvicorn server on a free loopback port, in a daemon thread."""
-
-    def __init__(self, app: FastAPI):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="critical", timeout_graceful_shutdown=1)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
-        self.sock.close()
 
 
 @dataclass
