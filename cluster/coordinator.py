@@ -18,17 +18,18 @@ from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from computeswarm.cluster import registry, sandbox
-from computeswarm.cluster.accounts import Caller, KeyCache, Role, create_account
+from computeswarm.cluster.accounts.roles import Caller, KeyCache, Role, create_account
+from computeswarm.cluster.api.ratelimit import RateLimiter
 from computeswarm.cluster.config import CoordinatorConfig
 from computeswarm.cluster.errors import Busy
-from computeswarm.cluster.jobs_service import JobsService
+from computeswarm.cluster.kinds.serve import ServeGateway
+from computeswarm.cluster.leases.scheduler import LeaseScheduler
 from computeswarm.cluster.metrics import SellerCollector, api_latency
-from computeswarm.cluster.ratelimit import RateLimiter
-from computeswarm.cluster.ray_nodes import become_subreaper
-from computeswarm.cluster.scheduler import LeaseScheduler
-from computeswarm.cluster.serve_jobs import ServeGateway
-from computeswarm.cluster.states import SellerState
+from computeswarm.cluster.nodes import sandbox
+from computeswarm.cluster.nodes.ray_nodes import become_subreaper
+from computeswarm.cluster.sellers import registry
+from computeswarm.cluster.sellers.states import SellerState
+from computeswarm.cluster.services.jobs import JobsService
 from computeswarm.cluster.store.db import Store
 from computeswarm.cluster.store.models import Account, Seller
 from computeswarm.errors import SystemError_
@@ -306,8 +307,8 @@ class Coordinator:
     def sync_fence(self) -> None:
         """Each active lease is a group: its members reach each other and its head's ports,
         and no one else's."""
-        from computeswarm.cluster.leases import MemberState
-        from computeswarm.cluster.scheduler import ACTIVE_LEASE_STATES
+        from computeswarm.cluster.leases.rules import MemberState
+        from computeswarm.cluster.leases.scheduler import ACTIVE_LEASE_STATES
         from computeswarm.cluster.store.models import Lease, LeaseMember
 
         with self.store.transaction() as db:

@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 
-from computeswarm.cluster.states import SellerState
+from computeswarm.cluster.sellers.states import SellerState
 from computeswarm.cluster.store.db import Store
 from computeswarm.cluster.store.models import Seller
 

@@ -9,8 +9,14 @@ import sys
 
 import typer
 
-from computeswarm.cluster.cli import accounts_app, head_app, invite_app, seller_app, sellers_app
-from computeswarm.cluster.models_cli import models_app
+from computeswarm.cluster.cli.commands import (
+    accounts_app,
+    head_app,
+    invite_app,
+    seller_app,
+    sellers_app,
+)
+from computeswarm.cluster.cli.models import models_app
 from computeswarm.errors import ComputeSwarmError
 from computeswarm.jobs.cli import jobs_app, ledger, market_app, submit, sweeps_app
 from computeswarm.jobs.templates_cli import templates_app
@@ -54,7 +60,7 @@ def up(
     deposit: str = typer.Option("100", help="Funds for the local buyer."),
 ) -> None:
     """Start a local swarm: coordinator + sellers (real WireGuard when root, else loopback)."""
-    from computeswarm.cluster.local_swarm import up as swarm_up
+    from computeswarm.cluster.local.swarm import up as swarm_up
 
     swarm = swarm_up(sellers, gpus, price, deposit, say=lambda m: typer.echo(m, err=True))
     typer.echo(
@@ -68,7 +74,7 @@ def up(
 @app.command("down")
 def down(local: bool = typer.Option(..., "--local", help="The local swarm.")) -> None:
     """Stop and remove the local swarm (processes, namespaces, tunnels)."""
-    from computeswarm.cluster.local_swarm import down as swarm_down
+    from computeswarm.cluster.local.swarm import down as swarm_down
 
     swarm_down(say=lambda m: typer.echo(m, err=True))
 
@@ -76,7 +82,7 @@ def down(local: bool = typer.Option(..., "--local", help="The local swarm.")) ->
 @app.command("demo")
 def demo(sellers: int = typer.Option(2, min=1, max=4, help="Simulated sellers.")) -> None:
     """The main job: a local swarm runs an example job on its sellers, bills it, goes away."""
-    from computeswarm.cluster.demo import run_demo
+    from computeswarm.cluster.local.demo import run_demo
 
     raise typer.Exit(run_demo(sellers, say=typer.echo))
 

@@ -17,10 +17,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from computeswarm import __version__
-from computeswarm.cluster import model_registry, registry
-from computeswarm.cluster.accounts import Caller, Role, create_account
-from computeswarm.cluster.api.gateway_routes import gateway_router
+from computeswarm.cluster.accounts.roles import Caller, Role, create_account
 from computeswarm.cluster.api.middleware import AccessLog, BodyLimit
+from computeswarm.cluster.api.routes.gateway import gateway_router
 from computeswarm.cluster.api.schemas import (
     MICROS,
     AccountCreate,
@@ -41,8 +40,10 @@ from computeswarm.cluster.api.schemas import (
 )
 from computeswarm.cluster.coordinator import Coordinator
 from computeswarm.cluster.errors import ApiError, RateLimited, Unauthorized
-from computeswarm.cluster.gateway import MAX_BODY_BYTES as GATEWAY_MAX_BODY_BYTES
-from computeswarm.cluster.states import SellerState
+from computeswarm.cluster.gateway.core import MAX_BODY_BYTES as GATEWAY_MAX_BODY_BYTES
+from computeswarm.cluster.models import registry as model_registry
+from computeswarm.cluster.sellers import registry
+from computeswarm.cluster.sellers.states import SellerState
 from computeswarm.cluster.store.models import Offer, Seller
 from computeswarm.errors import UserError
 

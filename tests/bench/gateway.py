@@ -1,6 +1,6 @@
 """Benchmark: the inference gateway's throughput and p50/p99 latency vs calling Ray Serve directly.
 
-Brings up a local swarm (`computeswarm.cluster.local_swarm.up`: a coordinator and one
+Brings up a local swarm (`computeswarm.cluster.local.swarm.up`: a coordinator and one
 simulated seller with one RTX4090, on testbed namespaces joined by real WireGuard when root,
 loopback otherwise) and submits a `serve` job: a tiny GPT-2 (`make_tiny_model`, 2 layers,
 width 32) with one LoRA adapter ("adder", random B), one replica (min = max, so autoscaling
@@ -168,7 +168,7 @@ def main() -> None:
     local = Path(tempfile.mkdtemp(prefix="cs-bench-local-"))
     os.environ["COMPUTESWARM_HOME"] = str(home)
     os.environ["COMPUTESWARM_LOCAL_DIR"] = str(local / "swarm")
-    from computeswarm.cluster import local_swarm
+    from computeswarm.cluster.local import swarm as local_swarm
 
     began = time.monotonic()
     swarm = None

@@ -1,6 +1,6 @@
 """Benchmark: how long a buyer waits for a lease, vs submitting to a Ray cluster that is up.
 
-Brings up a local swarm (`computeswarm.cluster.local_swarm.up`: a coordinator and 2 simulated
+Brings up a local swarm (`computeswarm.cluster.local.swarm.up`: a coordinator and 2 simulated
 sellers with one RTX4090 each, on testbed namespaces joined by real WireGuard when root,
 loopback otherwise), then, `--runs` times (3), measures on one 2-node job:
 
@@ -139,7 +139,7 @@ def main() -> None:
     local = Path(tempfile.mkdtemp(prefix="cs-bench-local-"))
     os.environ["COMPUTESWARM_HOME"] = str(home)
     os.environ["COMPUTESWARM_LOCAL_DIR"] = str(local / "swarm")
-    from computeswarm.cluster import local_swarm
+    from computeswarm.cluster.local import swarm as local_swarm
 
     began = time.monotonic()
     runs: list[Run] = []

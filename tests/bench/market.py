@@ -42,7 +42,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from computeswarm.cluster.market import Ask, Bid, Match, OrderBook, buyer_price, explain, match
+from computeswarm.cluster.market.book import Ask, Bid, Match, OrderBook, buyer_price, explain, match
 
 try:
     import numpy as np

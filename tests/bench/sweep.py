@@ -1,6 +1,6 @@
 """Benchmark: a LoRA sweep's wall time and per-trial overhead, ComputeSwarm vs plain Ray Tune.
 
-Brings up a local swarm (`computeswarm.cluster.local_swarm.up`: a coordinator and 2 simulated
+Brings up a local swarm (`computeswarm.cluster.local.swarm.up`: a coordinator and 2 simulated
 sellers with one RTX4090 each, on testbed namespaces joined by real WireGuard when root,
 loopback otherwise). The workload is the e2e test's sweep (`tests/e2e/test_sweep_and_serve.py
 ::sweep_spec`): `--trials` (8) LoRA trials of a tiny GPT-2 (`make_tiny_model`, 2 layers,
@@ -222,7 +222,7 @@ def main() -> None:
     local = Path(tempfile.mkdtemp(prefix="cs-bench-local-"))
     os.environ["COMPUTESWARM_HOME"] = str(home)
     os.environ["COMPUTESWARM_LOCAL_DIR"] = str(local / "swarm")
-    from computeswarm.cluster import local_swarm
+    from computeswarm.cluster.local import swarm as local_swarm
 
     began = time.monotonic()
     swarm = None

@@ -126,7 +126,7 @@ def main() -> None:
     if not netns.is_root():
         sys.exit("this benchmark needs root (network namespaces, nft, tc)")
 
-    from computeswarm.cluster.ray_nodes import become_subreaper
+    from computeswarm.cluster.nodes.ray_nodes import become_subreaper
     from computeswarm.jobs.train.data import synthetic_addition
     from computeswarm.jobs.train.tiny import make_tiny_model
     from computeswarm.tunnel.backends import get_backend
@@ -202,8 +202,8 @@ class Lease:
 
     def start(self) -> None:
         from computeswarm.cluster.config import MarketConfig
-        from computeswarm.cluster.ray_nodes import PortBlock, head_argv, worker_argv
-        from computeswarm.cluster.scheduler import HEAD_OBJECT_STORE_BYTES
+        from computeswarm.cluster.leases.scheduler import HEAD_OBJECT_STORE_BYTES
+        from computeswarm.cluster.nodes.ray_nodes import PortBlock, head_argv, worker_argv
 
         self.token.write_text(os.urandom(16).hex())
         self.token.chmod(0o600)
@@ -310,7 +310,7 @@ class Lease:
                 marks = _watch(driver, run_dir / "steps.log", bounds, on_mark)
             finally:
                 if driver.poll() is None:
-                    from computeswarm.cluster.ray_nodes import stop_session
+                    from computeswarm.cluster.nodes.ray_nodes import stop_session
 
                     stop_session(driver.pid, grace_s=5)
                 reader.join(30)
@@ -329,7 +329,7 @@ class Lease:
         }
 
     def stop(self) -> None:
-        from computeswarm.cluster.ray_nodes import stop_session
+        from computeswarm.cluster.nodes.ray_nodes import stop_session
 
         for process in reversed(list(self.nodes.values())):
             stop_session(process.pid, grace_s=5)
@@ -354,7 +354,7 @@ class Lease:
             )
 
     def _wait_ready(self, name: str, timeout: float = 180) -> None:
-        from computeswarm.cluster.lease_workers import READY_MARK
+        from computeswarm.cluster.seller.workers import READY_MARK
 
         log = self.root / "ray" / f"{name}.log"
         deadline = time.monotonic() + timeout
@@ -367,7 +367,7 @@ class Lease:
         raise RuntimeError(f"Ray node {name} not up in {timeout:g} s:\n{log.read_text()[-3000:]}")
 
     def _env(self) -> dict[str, str]:
-        from computeswarm.cluster.ray_nodes import node_env
+        from computeswarm.cluster.nodes.ray_nodes import node_env
 
         return node_env(self.token)
 

@@ -53,7 +53,7 @@ def local_swarm_up(tmp_path_factory, sellers: int):
     """`computeswarm up --local` with `sellers` simulated RTX 4090s, in a home of its own;
     a generator for module fixtures: it yields the swarm, then takes it down and checks
     that no namespace of its run is left."""
-    from computeswarm.cluster import local_swarm
+    from computeswarm.cluster.local import swarm as local_swarm
 
     os.environ["COMPUTESWARM_HOME"] = str(tmp_path_factory.mktemp("home"))
     os.environ["COMPUTESWARM_LOCAL_DIR"] = str(tmp_path_factory.mktemp("local"))

@@ -189,9 +189,9 @@ def test_leave_retires_the_seller_and_its_address(swarm):
 
 
 def test_join_script_on_a_box_with_the_package_installed(swarm):
-    """cluster/join-cluster.sh: system packages present, ComputeSwarm present (the repo's
+    """cluster/seller/join-cluster.sh: system packages present, ComputeSwarm present (the repo's
     venv as the prefix), so it goes straight to the one join command."""
-    script = Path(__file__).parents[2] / "cluster" / "join-cluster.sh"
+    script = Path(__file__).parents[2] / "cluster" / "seller" / "join-cluster.sh"
     invite = json.loads(swarm.admin("invite", "create", "--json"))["invite"]
     env = {
         "COMPUTESWARM_PREFIX": str(Path(sys.executable).parents[1]),

@@ -139,7 +139,7 @@ def test_jobs_run_fenced_on_sellers_and_the_bill_balances(swarm):
 
 
 def _lease_port(admin: CoordinatorClient, lease_id: str) -> int:
-    from computeswarm.cluster.local_swarm import LocalSwarm
+    from computeswarm.cluster.local.swarm import LocalSwarm
     from computeswarm.cluster.store.db import Store
     from computeswarm.cluster.store.models import Lease
 
@@ -162,7 +162,7 @@ def test_buyer_code_is_contained_on_its_seller_and_on_the_lease_head(swarm):
     """The attack of issue 11: a driver on a seller and a task pinned to the lease head (on
     the coordinator's host) try to read the platform's and sellers' secrets, re-enter the
     host's network namespace, and reach past the overlay. Nothing gets through."""
-    from computeswarm.cluster.sandbox import UID_RANGE
+    from computeswarm.cluster.nodes.sandbox import UID_RANGE
 
     buyer = CoordinatorClient(swarm.coordinator, swarm.buyer_key)
     admin = CoordinatorClient(swarm.coordinator, swarm.admin_key)
@@ -223,7 +223,7 @@ def test_buyer_code_is_contained_on_its_seller_and_on_the_lease_head(swarm):
 def test_a_job_that_finished_while_the_coordinator_was_down_keeps_its_outcome(swarm):
     """M3: a restart stopped every head without asking Ray how its job had ended, so a
     job that succeeded meanwhile was marked failed, and the outage was billed."""
-    from computeswarm.cluster.local_swarm import LocalSwarm, crash_and_restart_head
+    from computeswarm.cluster.local.swarm import LocalSwarm, crash_and_restart_head
 
     buyer = CoordinatorClient(swarm.coordinator, swarm.buyer_key, timeout=60)
     job_id = submit(buyer, spec("while-down", 1, {"HOLD_S": "2"}))

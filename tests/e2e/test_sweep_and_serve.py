@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from computeswarm.cluster.client import CoordinatorClient
-from computeswarm.cluster.local_swarm import LocalSwarm, crash_and_restart_head
+from computeswarm.cluster.local.swarm import LocalSwarm, crash_and_restart_head
 from computeswarm.jobs.train.data import synthetic_addition
 from computeswarm.jobs.train.tiny import make_tiny_model
 from computeswarm.jobs.upload import pack_working_dir

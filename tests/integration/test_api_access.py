@@ -123,7 +123,7 @@ def test_rate_limit_gives_429_with_retry_after(tmp_path):
 
 
 def head_account(head) -> str:
-    from computeswarm.cluster.accounts import Role, create_account
+    from computeswarm.cluster.accounts.roles import Role, create_account
 
     with head.coordinator.store.transaction() as db:
         return create_account(db, "other", Role.BUYER, head.clock())[1]

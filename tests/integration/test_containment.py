@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import time
 
-from computeswarm.cluster import ledger
-from computeswarm.cluster.accounts import authenticate
-from computeswarm.cluster.ray_nodes import process_start, session_pids
+from computeswarm.cluster.accounts.roles import authenticate
+from computeswarm.cluster.ledger import journal as ledger
+from computeswarm.cluster.nodes.ray_nodes import process_start, session_pids
 from computeswarm.cluster.store.models import Lease
 
 

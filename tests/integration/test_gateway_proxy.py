@@ -19,11 +19,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.testclient import TestClient
 
-from computeswarm.cluster.accounts import Caller, Role
+from computeswarm.cluster.accounts.roles import Caller, Role
 from computeswarm.cluster.api.app import create_app
-from computeswarm.cluster.api.gateway_routes import gateway_router
+from computeswarm.cluster.api.routes.gateway import gateway_router
 from computeswarm.cluster.errors import ApiError, Unauthorized
-from computeswarm.cluster.gateway import RequestUsage, ServeTarget
+from computeswarm.cluster.gateway.core import RequestUsage, ServeTarget
 from tests.integration.http_server import ServerThread
 
 USAGE = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8, "gpu_seconds": 0.25}

@@ -24,7 +24,7 @@ import pytest
 
 from computeswarm.cluster.client import CoordinatorClient
 from computeswarm.cluster.errors import ApiError
-from computeswarm.cluster.ray_nodes import session_pids, stop_session
+from computeswarm.cluster.nodes.ray_nodes import session_pids, stop_session
 from computeswarm.serve.openai import parse_sse
 from computeswarm.tunnel.backends.none import loopback_address
 

@@ -12,10 +12,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect, select
 from typer.testing import CliRunner
 
-from computeswarm.cluster import ledger, model_registry
-from computeswarm.cluster.accounts import authenticate
+from computeswarm.cluster.accounts.roles import authenticate
 from computeswarm.cluster.client import CoordinatorClient
 from computeswarm.cluster.errors import ApiError, Conflict, NotFound
+from computeswarm.cluster.ledger import journal as ledger
+from computeswarm.cluster.models import registry as model_registry
 from computeswarm.cluster.store.models import ModelVersion
 from computeswarm.errors import UserError
 
@@ -265,7 +266,7 @@ def test_sources_that_could_leak_coordinator_files_are_refused(head, buyer, tmp_
 
 def test_cli_lists_shows_and_downloads(sqlite_head, tmp_path, monkeypatch):
     from computeswarm.cli import app
-    from computeswarm.cluster import models_cli
+    from computeswarm.cluster.cli import models as models_cli
 
     head = sqlite_head
     key = head.account("buyer")
@@ -289,7 +290,7 @@ def test_cli_lists_shows_and_downloads(sqlite_head, tmp_path, monkeypatch):
 def test_a_serve_job_serves_only_its_owners_versions(sqlite_head, tmp_path):
     """Adapters named by version resolve for the job's owner at submit; another buyer's
     name is refused before anything is stored or leased."""
-    from computeswarm.cluster import serve_jobs
+    from computeswarm.cluster.kinds import serve as serve_jobs
     from computeswarm.cluster.store.models import Job
     from computeswarm.jobs.upload import pack_working_dir
 

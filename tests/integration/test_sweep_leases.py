@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from computeswarm.cluster.accounts import authenticate
-from computeswarm.cluster.leases import LeaseState, MemberState
+from computeswarm.cluster.accounts.roles import authenticate
+from computeswarm.cluster.leases.rules import LeaseState, MemberState
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller
 from computeswarm.jobs.spec import parse_job_spec
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import threading
 
-from computeswarm.cluster.agent import STATUS_FILE, OfferTerms, SellerAgent
 from computeswarm.cluster.errors import CoordinatorUnreachable, NotFound
-from computeswarm.cluster.gpus import Gpu
+from computeswarm.cluster.seller.agent import STATUS_FILE, OfferTerms, SellerAgent
+from computeswarm.cluster.sellers.gpus import Gpu
 
 
 class FakeCoordinator:

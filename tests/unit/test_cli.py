@@ -95,7 +95,7 @@ def test_systemd_unit_runs_a_real_command(monkeypatch, capsys):
 
 def test_the_local_swarm_record_holding_keys_is_private(tmp_path, monkeypatch):
     """L3: local-swarm.json (admin and buyer keys) was written with the default umask."""
-    from computeswarm.cluster.local_swarm import LocalSwarm
+    from computeswarm.cluster.local.swarm import LocalSwarm
 
     monkeypatch.setenv("COMPUTESWARM_HOME", str(tmp_path))
     old = os.umask(0o022)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from computeswarm.cluster.accounts.credentials import (
+    API_KEY_KIND,
+    INVITE_KIND,
+    new_token,
+    parse_token,
+)
+from computeswarm.cluster.api.ratelimit import RateLimiter
 from computeswarm.cluster.config import load_config
-from computeswarm.cluster.credentials import API_KEY_KIND, INVITE_KIND, new_token, parse_token
 from computeswarm.cluster.errors import ConfigError, InvalidTransition
-from computeswarm.cluster.gpus import parse_gpu_shorthand, parse_nvidia_smi
-from computeswarm.cluster.ratelimit import RateLimiter
-from computeswarm.cluster.states import TRANSITIONS, SellerEvent, SellerState, transition
+from computeswarm.cluster.sellers.gpus import parse_gpu_shorthand, parse_nvidia_smi
+from computeswarm.cluster.sellers.states import TRANSITIONS, SellerEvent, SellerState, transition
 from computeswarm.errors import UserError
 
 S, E = SellerState, SellerEvent
@@ -157,8 +162,8 @@ def test_the_budget_runs_from_each_members_attach_at_its_own_price():
     """M2: the budget was counted from the job's start at the lease's first price, while
     metering ran from each attach (and a repair's price): the escrow ran out first and a
     seller was paid 23.5 % below its ask."""
-    from computeswarm.cluster.leases import budget_end
-    from computeswarm.cluster.ledger import Usage, metered_seconds
+    from computeswarm.cluster.leases.rules import budget_end
+    from computeswarm.cluster.ledger.journal import Usage, metered_seconds
 
     escrow = 1_000_000  # 1.00
     # Two sellers attach at t=0 and t=5 (the job starts at t=20), at 0.44/GPU-h; one is

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from computeswarm.cluster.errors import ApiError
-from computeswarm.cluster.gateway import (
+from computeswarm.cluster.gateway.core import (
     Admitted,
     InvalidServeRequest,
     ServeLimiter,

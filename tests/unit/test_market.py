@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from computeswarm.cluster.market import (
+from computeswarm.cluster.market.book import (
     DEFAULT_FEE_BPS,
     Allocation,
     Ask,

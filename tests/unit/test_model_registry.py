@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from computeswarm.cluster.errors import ApiError
-from computeswarm.cluster.model_registry import hash_files, parse_ref, view
+from computeswarm.cluster.models.registry import hash_files, parse_ref, view
 from computeswarm.cluster.store.models import ModelVersion
 from computeswarm.errors import UserError
 

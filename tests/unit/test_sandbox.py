@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from computeswarm.cluster.sandbox import HOME, Sandbox, lease_uid
-from computeswarm.cluster.training_jobs import inside
+from computeswarm.cluster.kinds.training import inside
+from computeswarm.cluster.nodes.sandbox import HOME, Sandbox, lease_uid
 
 
 def box(tmp_path: Path, **kw) -> Sandbox:
@@ -77,7 +77,7 @@ def test_a_drivers_claimed_adapter_must_lie_inside_its_run_folder(tmp_path):
 def test_a_private_checkout_is_made_traversable_and_nothing_more(tmp_path):
     """Found by a fresh-clone CI run: a checkout under a 0700 folder (mktemp -d) left the
     lease uid unable to reach the venv bound into its view."""
-    from computeswarm.cluster.sandbox import traversable
+    from computeswarm.cluster.nodes.sandbox import traversable
 
     above, private = tmp_path / "above", tmp_path / "above" / "ci"
     private.mkdir(parents=True)

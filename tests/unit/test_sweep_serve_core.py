@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from computeswarm.cluster import ledger
-from computeswarm.cluster.serve_jobs import request_cost_micros
-from computeswarm.cluster.sweep_jobs import idle_members
+from computeswarm.cluster.kinds.serve import request_cost_micros
+from computeswarm.cluster.kinds.sweep import idle_members
+from computeswarm.cluster.ledger import journal as ledger
 from computeswarm.jobs.cli import leaderboard_lines
 from computeswarm.jobs.errors import SpecError
 from computeswarm.jobs.spec import ServeJob, SweepJob, adapter_is_path, parse_job_spec

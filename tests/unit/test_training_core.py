@@ -242,7 +242,9 @@ def test_an_upload_cannot_choose_its_run_folder_and_drivers_cannot_be_shadowed(t
     """C1: a file named `computeswarm-run-dir` in a buyer's upload chose the run folder
     (another buyer's run came back that way), and `python -m` ran a driver module from the
     buyer's working_dir first."""
-    from computeswarm.cluster import serve_jobs, sweep_jobs, training_jobs
+    from computeswarm.cluster.kinds import serve as serve_jobs
+    from computeswarm.cluster.kinds import sweep as sweep_jobs
+    from computeswarm.cluster.kinds import training as training_jobs
     from computeswarm.cluster.store.models import Job
 
     upload = tmp_path / "upload"

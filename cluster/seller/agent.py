@@ -17,8 +17,8 @@ from pathlib import Path
 
 from computeswarm.cluster.client import CoordinatorClient
 from computeswarm.cluster.errors import ApiError, CoordinatorUnreachable, NotFound, Unauthorized
-from computeswarm.cluster.gpus import Gpu
-from computeswarm.cluster.lease_workers import LeaseWorkers
+from computeswarm.cluster.seller.workers import LeaseWorkers
+from computeswarm.cluster.sellers.gpus import Gpu
 
 log = logging.getLogger("computeswarm.agent")
 STATUS_FILE = "agent-status.json"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from computeswarm.cluster import model_registry, serve_jobs, training_jobs
+from computeswarm.cluster.kinds import serve as serve_jobs
+from computeswarm.cluster.kinds import training as training_jobs
+from computeswarm.cluster.models import registry as model_registry
 from computeswarm.cluster.store.models import Job
 from computeswarm.jobs.spec import LoraJob, PipelineJob, ServeJob, SweepJob, adapter_is_path
 

@@ -229,7 +229,7 @@ def seller_join(
     agent: bool = typer.Option(True, help="Start the agent (--no-agent: a service will)."),
 ) -> None:
     """Join the swarm with one command: keys, enrollment, tunnel, agent. Idempotent."""
-    from computeswarm.cluster.seller import JoinOptions, ensure_tunnel, join
+    from computeswarm.cluster.seller.join import JoinOptions, ensure_tunnel, join
 
     options = JoinOptions(
         coordinator=coordinator,
@@ -262,7 +262,7 @@ def seller_run(
     detach: bool = typer.Option(False, help="Run the agent in the background."),
 ) -> None:
     """Reconnect an enrolled box: tunnel up, agent on (what the systemd unit runs)."""
-    from computeswarm.cluster.seller import ensure_tunnel
+    from computeswarm.cluster.seller.join import ensure_tunnel
 
     typer.echo(ensure_tunnel(_enrollment(state_dir), state_dir), err=True)
     _start_agent(state_dir, detach)
@@ -273,10 +273,10 @@ def seller_agent(state_dir: Path = SELLER_STATE) -> None:
     """The agent loop itself (started by join/run inside the workload namespace)."""
     import threading
 
-    from computeswarm.cluster.agent import SellerAgent
-    from computeswarm.cluster.lease_workers import LeaseWorkers
     from computeswarm.cluster.logs import configure_logging
-    from computeswarm.cluster.ray_nodes import become_subreaper
+    from computeswarm.cluster.nodes.ray_nodes import become_subreaper
+    from computeswarm.cluster.seller.agent import SellerAgent
+    from computeswarm.cluster.seller.workers import LeaseWorkers
 
     configure_logging()
     enrollment = _enrollment(state_dir)
@@ -299,8 +299,8 @@ def seller_agent(state_dir: Path = SELLER_STATE) -> None:
 @seller_app.command("status")
 def seller_status(state_dir: Path = SELLER_STATE, as_json: bool = JSON) -> None:
     """This box as the coordinator sees it, plus the local agent and tunnel."""
-    from computeswarm.cluster.agent import STATUS_FILE
-    from computeswarm.cluster.seller import tunnel_is_up
+    from computeswarm.cluster.seller.agent import STATUS_FILE
+    from computeswarm.cluster.seller.join import tunnel_is_up
 
     enrollment = _enrollment(state_dir)
     remote = enrollment.client(overlay=False).seller(enrollment.seller_id)
@@ -329,7 +329,7 @@ def seller_status(state_dir: Path = SELLER_STATE, as_json: bool = JSON) -> None:
 @seller_app.command("leave")
 def seller_leave(state_dir: Path = SELLER_STATE, yes: bool = YES) -> None:
     """Drain and leave the swarm: the coordinator retires this box's address for good."""
-    from computeswarm.cluster.seller import ENROLLMENT_FILE, tunnel_down
+    from computeswarm.cluster.seller.join import ENROLLMENT_FILE, tunnel_down
 
     enrollment = _enrollment(state_dir)
     if not yes:
@@ -369,7 +369,7 @@ def _client(url: str, api_key: str | None):
 
 def _enrollment(state_dir: Path):
     from computeswarm.cluster.errors import ConfigError
-    from computeswarm.cluster.seller import Enrollment
+    from computeswarm.cluster.seller.join import Enrollment
 
     enrollment = Enrollment.load(state_dir)
     if enrollment is None:
@@ -381,7 +381,7 @@ def _enrollment(state_dir: Path):
 
 
 def _start_agent(state_dir: Path, detach: bool) -> None:
-    from computeswarm.cluster.seller import agent_argv
+    from computeswarm.cluster.seller.join import agent_argv
 
     argv = agent_argv(state_dir)
     if detach:
@@ -403,7 +403,7 @@ def _start_agent(state_dir: Path, detach: bool) -> None:
 
 
 def _stop_agent(state_dir: Path) -> None:
-    from computeswarm.cluster.agent import PID_FILE
+    from computeswarm.cluster.seller.agent import PID_FILE
 
     pid_file = state_dir / PID_FILE
     if not pid_file.exists():

@@ -24,9 +24,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from computeswarm.cluster.accounts import Caller
+from computeswarm.cluster.accounts.roles import Caller
 from computeswarm.cluster.errors import ApiError, NotFound, RateLimited
-from computeswarm.cluster.gateway import (
+from computeswarm.cluster.gateway.core import (
     MAX_BODY_BYTES,
     MODELS_PATH,
     ROUTES,

@@ -13,11 +13,15 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
-from computeswarm.cluster import ledger, model_registry, serve_jobs, sweep_jobs, training_jobs
-from computeswarm.cluster.accounts import Caller, Role
+from computeswarm.cluster.accounts.roles import Caller, Role
 from computeswarm.cluster.errors import ApiError, Conflict, NotFound
-from computeswarm.cluster.leases import bid_for
-from computeswarm.cluster.market import Match, match
+from computeswarm.cluster.kinds import serve as serve_jobs
+from computeswarm.cluster.kinds import sweep as sweep_jobs
+from computeswarm.cluster.kinds import training as training_jobs
+from computeswarm.cluster.leases.rules import bid_for
+from computeswarm.cluster.ledger import journal as ledger
+from computeswarm.cluster.market.book import Match, match
+from computeswarm.cluster.models import registry as model_registry
 from computeswarm.cluster.store.models import Account, Job, Lease, LeaseMember, LedgerEntry, Seller
 from computeswarm.jobs.errors import SpecError
 from computeswarm.jobs.spec import (
@@ -361,7 +365,7 @@ def _billed(db, job_id: str) -> int | None:
 
 
 def _reasons(bid, asks, now, fee_bps) -> dict[str, str]:
-    from computeswarm.cluster.market import explain
+    from computeswarm.cluster.market.book import explain
 
     return {
         a.seller_id: explain(bid, a, now, fee_bps) or "eligible, but not among the cheapest"

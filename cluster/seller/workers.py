@@ -15,9 +15,8 @@ import subprocess
 import threading
 from pathlib import Path
 
-from computeswarm.cluster import sandbox
-from computeswarm.cluster.gpus import Gpu
-from computeswarm.cluster.ray_nodes import (
+from computeswarm.cluster.nodes import sandbox
+from computeswarm.cluster.nodes.ray_nodes import (
     PortBlock,
     node_env,
     seller_node_env,
@@ -26,6 +25,7 @@ from computeswarm.cluster.ray_nodes import (
     stop_session,
     worker_argv,
 )
+from computeswarm.cluster.sellers.gpus import Gpu
 
 log = logging.getLogger("computeswarm.agent")
 READY_MARK = "Ray runtime started"

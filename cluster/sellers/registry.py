@@ -14,12 +14,17 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from computeswarm.cluster.accounts import Caller, Role, create_account, issue_key, revoke_keys
-from computeswarm.cluster.credentials import INVITE_KIND, new_token, parse_token, secret_matches
+from computeswarm.cluster.accounts.credentials import (
+    INVITE_KIND,
+    new_token,
+    parse_token,
+    secret_matches,
+)
+from computeswarm.cluster.accounts.roles import Caller, Role, create_account, issue_key, revoke_keys
 from computeswarm.cluster.errors import Busy, Conflict, InvalidInvite, NotFound
-from computeswarm.cluster.leases import LeaseState, MemberState
-from computeswarm.cluster.sandbox import lease_uid
-from computeswarm.cluster.states import SellerEvent, SellerState, transition
+from computeswarm.cluster.leases.rules import LeaseState, MemberState
+from computeswarm.cluster.nodes.sandbox import lease_uid
+from computeswarm.cluster.sellers.states import SellerEvent, SellerState, transition
 from computeswarm.cluster.store.models import Invite, Job, Lease, LeaseMember, Offer, Seller
 from computeswarm.tunnel.addresses import AddressPool
 from computeswarm.tunnel.keys import KeyPair, parse_public_key, verify_possession

@@ -27,9 +27,12 @@ from typing import TYPE_CHECKING
 import httpx
 from sqlalchemy import select
 
-from computeswarm.cluster import ledger, sandbox, serve_jobs, sweep_jobs, training_jobs
-from computeswarm.cluster.lease_files import lease_files
-from computeswarm.cluster.leases import (
+from computeswarm.cluster.kinds import serve as serve_jobs
+from computeswarm.cluster.kinds import sweep as sweep_jobs
+from computeswarm.cluster.kinds import training as training_jobs
+from computeswarm.cluster.kinds.training import RayJob
+from computeswarm.cluster.leases.files import lease_files
+from computeswarm.cluster.leases.rules import (
     LeaseState,
     MemberState,
     ask_for,
@@ -39,8 +42,10 @@ from computeswarm.cluster.leases import (
     lease_transition,
     reliability,
 )
-from computeswarm.cluster.market import Match, OrderBook
-from computeswarm.cluster.ray_nodes import (
+from computeswarm.cluster.ledger import journal as ledger
+from computeswarm.cluster.market.book import Match, OrderBook
+from computeswarm.cluster.nodes import sandbox
+from computeswarm.cluster.nodes.ray_nodes import (
     PortBlock,
     head_argv,
     node_env,
@@ -49,9 +54,8 @@ from computeswarm.cluster.ray_nodes import (
     start_node,
     stop_session,
 )
-from computeswarm.cluster.states import SellerEvent, SellerState, transition
+from computeswarm.cluster.sellers.states import SellerEvent, SellerState, transition
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Offer, Seller
-from computeswarm.cluster.training_jobs import RayJob
 from computeswarm.errors import ComputeSwarmError
 from computeswarm.jobs.spec import ScriptJob, ServeJob, SweepJob, job_from_record
 from computeswarm.jobs.states import JobState, job_transition

@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from computeswarm.cluster.agent import OfferTerms
 from computeswarm.cluster.client import CoordinatorClient
 from computeswarm.cluster.errors import ConfigError
-from computeswarm.cluster.gpus import Gpu, detect_gpus, parse_gpu_shorthand
+from computeswarm.cluster.seller.agent import OfferTerms
+from computeswarm.cluster.sellers.gpus import Gpu, detect_gpus, parse_gpu_shorthand
 from computeswarm.tunnel import netns, wg
 from computeswarm.tunnel.backends import TunnelBackend, best_backend, get_backend
 from computeswarm.tunnel.backends.none import NoneBackend, loopback_address

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
-from computeswarm.cluster import ledger, model_registry
-from computeswarm.cluster.gateway import RequestUsage, ServeTarget
-from computeswarm.cluster.leases import LeaseState
-from computeswarm.cluster.ray_nodes import PortBlock
+from computeswarm.cluster.gateway.core import RequestUsage, ServeTarget
+from computeswarm.cluster.kinds.training import SPEC_FILE, RayJob
+from computeswarm.cluster.leases.rules import LeaseState
+from computeswarm.cluster.ledger import journal as ledger
+from computeswarm.cluster.models import registry as model_registry
+from computeswarm.cluster.nodes.ray_nodes import PortBlock
 from computeswarm.cluster.store.models import Job, Lease, ServeRequest
-from computeswarm.cluster.training_jobs import SPEC_FILE, RayJob
 from computeswarm.jobs.spec import ServeJob, adapter_is_path
 from computeswarm.jobs.states import JobState
 

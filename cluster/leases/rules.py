@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 
-from computeswarm.cluster.market import Ask, Bid
+from computeswarm.cluster.market.book import Ask, Bid
 from computeswarm.jobs.spec import AnyJob
 
 

@@ -82,7 +82,7 @@ def models_download(
 
 def _split(ref: str) -> tuple[str, int | str]:
     """NAME -> (NAME, "latest"); NAME@N -> (NAME, N); else one clear error."""
-    from computeswarm.cluster.model_registry import parse_ref
+    from computeswarm.cluster.models.registry import parse_ref
 
     name, number = parse_ref(ref)
     return name, "latest" if number is None else number

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from computeswarm.cluster.credentials import API_KEY_KIND, new_token, parse_token, secret_matches
+from computeswarm.cluster.accounts.credentials import (
+    API_KEY_KIND,
+    new_token,
+    parse_token,
+    secret_matches,
+)
 from computeswarm.cluster.errors import Conflict, Forbidden, Unauthorized
 from computeswarm.cluster.store.models import Account, ApiKey
 

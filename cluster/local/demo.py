@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from computeswarm.cluster import local_swarm
 from computeswarm.cluster.client import CoordinatorClient
+from computeswarm.cluster.local import swarm as local_swarm
 from computeswarm.jobs.templates import render_job_spec
 from computeswarm.jobs.upload import pack_working_dir
 

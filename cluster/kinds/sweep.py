@@ -18,10 +18,11 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from computeswarm.cluster import model_registry, training_jobs
-from computeswarm.cluster.leases import MemberState
+from computeswarm.cluster.kinds import training as training_jobs
+from computeswarm.cluster.kinds.training import SPEC_FILE, RayJob
+from computeswarm.cluster.leases.rules import MemberState
+from computeswarm.cluster.models import registry as model_registry
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller, SweepTrial
-from computeswarm.cluster.training_jobs import SPEC_FILE, RayJob
 from computeswarm.jobs.spec import SweepJob
 from computeswarm.jobs.train.runs import file_hash, spec_hash
 from computeswarm.tune.budget import trial_cost_micros

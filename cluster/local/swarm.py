@@ -23,7 +23,7 @@ import httpx
 
 from computeswarm.cluster.client import CoordinatorClient
 from computeswarm.cluster.errors import ConfigError
-from computeswarm.cluster.ray_nodes import session_pids, stop_session
+from computeswarm.cluster.nodes.ray_nodes import session_pids, stop_session
 from computeswarm.profile import profile_path, save_profile
 
 CS = [sys.executable, "-m", "computeswarm.cli"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from computeswarm.cluster import model_registry
+from computeswarm.cluster.models import registry as model_registry
 from computeswarm.cluster.store.models import Job, LeaseMember, ModelVersion, Seller
 from computeswarm.jobs.spec import LoraJob, PipelineJob, SweepJob, job_from_record
 from computeswarm.jobs.train.pipeline_plan import split_table

@@ -1,0 +1,1 @@
+"""Accounts, their API keys and roles (admin, buyer, seller), and stored credentials."""

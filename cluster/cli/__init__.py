@@ -1,0 +1,1 @@
+"""Operator and seller commands: head, invite, accounts, sellers, seller, models."""

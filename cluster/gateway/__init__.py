@@ -1,0 +1,1 @@
+"""The inference gateway: the one public way into buyers' Ray Serve apps (pure core + backend)."""

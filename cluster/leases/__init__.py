@@ -1,0 +1,1 @@
+"""Leases: their states and the scheduler that forms, runs and ends them (one phase a module)."""

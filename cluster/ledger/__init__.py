@@ -1,0 +1,1 @@
+"""The double-entry ledger of micro-units, and how money is written."""

@@ -1,0 +1,1 @@
+"""The market: buyers' bids against sellers' asks (pure)."""

@@ -1,0 +1,1 @@
+"""Model versions: trained adapters registered per buyer, resolved by name@version."""

@@ -1,0 +1,1 @@
+"""What runs on a seller's box: joining, the agent, the lease workers, join-cluster.sh."""

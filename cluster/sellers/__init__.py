@@ -1,0 +1,1 @@
+"""Sellers as the coordinator sees them: enrollment, heartbeats, states, GPU claims."""

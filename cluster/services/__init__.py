@@ -1,0 +1,1 @@
+"""What the API routes call: one module per resource, with explicit dependencies."""
