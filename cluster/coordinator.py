@@ -22,8 +22,12 @@ from computeswarm.cluster.accounts.roles import Caller, KeyCache, Role, create_a
 from computeswarm.cluster.api.ratelimit import RateLimiter
 from computeswarm.cluster.config import CoordinatorConfig
 from computeswarm.cluster.errors import Busy
-from computeswarm.cluster.kinds.serve import ServeGateway
+from computeswarm.cluster.gateway.backend import StoreBackend
+from computeswarm.cluster.leases.context import Leasing
+from computeswarm.cluster.leases.heads import Heads
+from computeswarm.cluster.leases.ray_jobs import RayJobs
 from computeswarm.cluster.leases.scheduler import LeaseScheduler
+from computeswarm.cluster.leases.states import ACTIVE_LEASE_STATES, ACTIVE_MEMBER_STATES, values
 from computeswarm.cluster.metrics import SellerCollector, api_latency
 from computeswarm.cluster.nodes import sandbox
 from computeswarm.cluster.nodes.ray_nodes import become_subreaper
@@ -31,7 +35,7 @@ from computeswarm.cluster.sellers import registry
 from computeswarm.cluster.sellers.states import SellerState
 from computeswarm.cluster.services.jobs import JobsService
 from computeswarm.cluster.store.db import Store
-from computeswarm.cluster.store.models import Account, Seller
+from computeswarm.cluster.store.models import Account, Lease, LeaseMember, Seller
 from computeswarm.errors import SystemError_
 from computeswarm.tunnel import netns
 from computeswarm.tunnel.addresses import AddressPool
@@ -76,9 +80,31 @@ class Coordinator:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.scheduler = LeaseScheduler(self)
-        self.jobs = JobsService(self)
-        self.gateway = ServeGateway(self)  # buyers' serve jobs, behind /v1/serve/<job>/v1
+        self.scheduler = LeaseScheduler(
+            Leasing(
+                self.store,
+                clock,
+                config.market,
+                self.storage_root,
+                self.models_root,
+                self.head_ip,
+                Heads(config.state_dir, self.head_ip, config.market.ray_system_config),
+                RayJobs(self.head_ip, config.state_dir / "jobs"),
+                on_sale=self.record_sale,
+            ),
+            sync_fence=self.sync_fence,
+        )
+        self.jobs = JobsService(
+            self.store,
+            clock,
+            config.market,
+            config.state_dir / "jobs",
+            self.scheduler.ctx.where,
+            self.scheduler,
+            self.wake_scheduler,
+        )
+        # Buyers' serve jobs, behind /v1/serve/<job>/v1.
+        self.gateway = StoreBackend(self.store, clock, self.storage_root, self.head_ip)
         self.gpu_seconds_sold = Counter(
             "computeswarm_gpu_seconds_sold", "Metered GPU-seconds settled.", registry=self.metrics
         )
@@ -109,8 +135,7 @@ class Coordinator:
     def stop(self) -> None:
         self.stop_loops()
         self.scheduler.stop_all()
-        if isinstance(self.gateway, ServeGateway):  # (tests may put a stub there)
-            self.gateway.flush()  # queued metering is written before the store closes
+        self.gateway.flush()  # queued metering is written before the store closes
         if self.hub:
             self.hub.stop()
             self.hub = None
@@ -123,6 +148,10 @@ class Coordinator:
         self._wake.set()
         for thread in self._threads:
             thread.join(15)
+
+    def head_ip(self) -> str:
+        """Where lease heads listen, and members reach them: the hub's overlay address."""
+        return self.hub.tunnel.address
 
     @property
     def admin_key_path(self) -> Path:
@@ -178,6 +207,7 @@ class Coordinator:
             fenced_uids=sandbox.UID_RANGE,
         )
         self.backend_name = backend.name
+        self.scheduler.ctx.loopback = backend.name == "none"
         self.metrics.register(TunnelCollector(self._tunnel_snapshot))
         log.info("hub up: backend %s, %s on %s", backend.name, node.address, overlay.interface)
 
@@ -307,18 +337,14 @@ class Coordinator:
     def sync_fence(self) -> None:
         """Each active lease is a group: its members reach each other and its head's ports,
         and no one else's."""
-        from computeswarm.cluster.leases.rules import MemberState
-        from computeswarm.cluster.leases.scheduler import ACTIVE_LEASE_STATES
-        from computeswarm.cluster.store.models import Lease, LeaseMember
-
         with self.store.transaction() as db:
             rows = db.execute(
                 select(Lease.id, Lease.port_base, Seller.address)
                 .join(LeaseMember, LeaseMember.lease_id == Lease.id)
                 .join(Seller, Seller.id == LeaseMember.seller_id)
                 .where(
-                    Lease.state.in_([s.value for s in ACTIVE_LEASE_STATES]),
-                    LeaseMember.state.in_([MemberState.ASSIGNED.value, MemberState.ATTACHED.value]),
+                    Lease.state.in_(values(ACTIVE_LEASE_STATES)),
+                    LeaseMember.state.in_(values(ACTIVE_MEMBER_STATES)),
                 )
             ).all()
         groups: dict[str, set[str]] = {}

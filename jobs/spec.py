@@ -27,22 +27,18 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from computeswarm.jobs import inputs
 from computeswarm.jobs.errors import SpecError
+from computeswarm.jobs.money import MICROS
+from computeswarm.jobs.money import money_text as money_text  # (its old home, re-exported)
 from computeswarm.strict import StrictModel, explain
 
-MICROS = 1_000_000
 KINDS = ("script", "lora", "pipeline", "sweep", "serve")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _GPUS = re.compile(
     r"^(?P<model>[A-Za-z0-9_.-]+|any)(?::(?P<vram>\d+)\s*GB)?(?::(?P<count>\d+))?$", re.IGNORECASE
 )
-
-
-def money_text(micros: int) -> str:
-    """Exact decimal text of integer micro-units, as the API and the CLI print money."""
-    whole, frac = divmod(abs(micros), MICROS)
-    return f"{'-' if micros < 0 else ''}{whole}.{frac:06d}"
 
 
 class GpuRequest(StrictModel):
@@ -138,6 +134,8 @@ class RuntimeEnv(StrictModel):
 
 
 class _JobBase(StrictModel):
+    """What every kind has; each kind adds its own fields and the facts below."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="A short name.")
     resources: Resources = Field(default_factory=Resources)
     pricing: Pricing
@@ -160,6 +158,18 @@ class _JobBase(StrictModel):
         if not 1 <= seconds <= 30 * 86400:
             raise ValueError("max_duration must be between 1 s and 30 days")
         return seconds
+
+    def check_inputs(self, working_dir: Path) -> None:
+        """The files the spec names exist in the working_dir (before anything is leased)."""
+
+    def registered_refs(self) -> list[str]:
+        """The registered model versions it starts from: they must exist, and be the buyer's."""
+        return []
+
+    @property
+    def data_file(self) -> str | None:
+        """The dataset its weights depend on (its run folder is named after its hash)."""
+        return None
 
     @property
     def escrow_micros(self) -> int:
@@ -240,6 +250,14 @@ class _TrainingJob(_JobBase):
             raise ValueError(f"{value!r}: the dataset is a file inside the job's working_dir")
         return value
 
+    def check_inputs(self, working_dir: Path) -> None:
+        inputs.check_dataset(working_dir, self.dataset)
+        inputs.check_model(working_dir, self.model)
+
+    @property
+    def data_file(self) -> str | None:
+        return self.dataset
+
     @model_validator(mode="after")
     def _needs_working_dir(self) -> _TrainingJob:
         if self.runtime_env.working_dir is None:
@@ -276,6 +294,9 @@ class LoraJob(_TrainingJob):
     @property
     def num_workers(self) -> int:
         return self.workers or self.resources.gpus.count
+
+    def registered_refs(self) -> list[str]:
+        return [self.init_adapter] if self.init_adapter else []
 
     @property
     def model_name(self) -> str:
@@ -449,6 +470,19 @@ class SweepJob(_JobBase):
     def concurrency(self) -> int:
         return self.max_concurrent_trials or self.resources.gpus.count
 
+    def check_inputs(self, working_dir: Path) -> None:
+        if self.trial.function:
+            file = self.trial.function.split(":")[0]
+            if not inputs.inside(working_dir, file).is_file():
+                raise SpecError(f"trial function file {file!r} is not in the working_dir")
+            return
+        inputs.check_dataset(working_dir, self.trial.lora.dataset)
+        inputs.check_model(working_dir, self.trial.lora.model)
+
+    @property
+    def data_file(self) -> str | None:
+        return self.trial.lora.dataset if self.trial.lora else None
+
     @property
     def model_name(self) -> str:
         return self.register_as or self.name
@@ -496,6 +530,20 @@ class ServeJob(_JobBase):
             if not (re.match(_VERSION_REF, ref) or re.match(_MODEL_REF, ref)):
                 raise ValueError(f"adapter {name}: {ref!r} is neither NAME[@N] nor a folder")
         return value
+
+    def check_inputs(self, working_dir: Path) -> None:
+        inputs.check_model(working_dir, self.model)
+        for name, ref in self.adapters.items():
+            if inputs.adapter_is_path(ref):
+                folder = inputs.inside(working_dir, ref)
+                if not (folder / "adapter_config.json").is_file():
+                    raise SpecError(
+                        f"adapter {name}: {ref!r} is not an adapter folder (adapter_config.json) "
+                        "in the working_dir"
+                    )
+
+    def registered_refs(self) -> list[str]:
+        return [ref for ref in self.adapters.values() if not inputs.adapter_is_path(ref)]
 
     @model_validator(mode="after")
     def _fits(self) -> ServeJob:
@@ -561,96 +609,13 @@ def load_job_spec(path: Path) -> tuple[AnyJob, Path | None]:
 
 
 def check_inputs(spec: AnyJob, working_dir: Path | None) -> None:
-    """A job's model, dataset, adapters and trainable exist before anything is leased. A
-    model that is not a folder is taken as a hub id only when it does not look like a path."""
-    if isinstance(spec, ScriptJob) or working_dir is None:
-        return
-    if isinstance(spec, SweepJob):
-        if spec.trial.function:
-            file = spec.trial.function.split(":")[0]
-            if not _inside(working_dir, file).is_file():
-                raise SpecError(f"trial function file {file!r} is not in the working_dir")
-            return
-        _check_dataset(working_dir, spec.trial.lora.dataset)
-        _check_model(working_dir, spec.trial.lora.model)
-        return
-    if isinstance(spec, ServeJob):
-        _check_model(working_dir, spec.model)
-        for name, ref in spec.adapters.items():
-            if adapter_is_path(ref):
-                folder = _inside(working_dir, ref)
-                if not (folder / "adapter_config.json").is_file():
-                    raise SpecError(
-                        f"adapter {name}: {ref!r} is not an adapter folder (adapter_config.json) "
-                        "in the working_dir"
-                    )
-        return
-    _check_dataset(working_dir, spec.dataset)
-    _check_model(working_dir, spec.model)
-
-
-def adapter_is_path(ref: str) -> bool:
-    """`adder@2` and `adder` name registered versions; `./x` and `a/b` are folders."""
-    return ref.startswith((".", "/", "~")) or "/" in ref
-
-
-def _inside(working_dir: Path, relative: str) -> Path:
-    path = (working_dir / relative).resolve()
-    if working_dir.resolve() not in path.parents:
-        raise SpecError(f"{relative!r} leads outside the working_dir")
-    return path
-
-
-def _check_dataset(working_dir: Path, dataset: str) -> None:
-    path = (working_dir / dataset).resolve()
-    if working_dir.resolve() not in path.parents or not path.is_file():
-        raise SpecError(f"dataset {dataset!r} is not a file in the working_dir")
-
-
-def _check_model(working_dir: Path, model: str) -> None:
-    if model.startswith(("/", "~")):
-        # A path on the coordinator's host says nothing of the sellers' disks, and named
-        # other buyers' files there (M7); a lease's sandbox sees none of them anyway.
-        raise SpecError(
-            f"model {model!r}: absolute paths are not allowed; put the model folder "
-            "(save_pretrained output) in the working_dir, or name a hub id"
-        )
-    local = working_dir / model
-    if local.is_dir():
-        if working_dir.resolve() not in local.resolve().parents:
-            raise SpecError(f"model {model!r} leads outside the working_dir")
-        if not (local / "config.json").is_file():
-            raise SpecError(f"model folder {model!r} has no config.json (save_pretrained output)")
-    elif looks_like_path(model):
-        raise SpecError(
-            f"model path {model!r} not found in the working_dir; "
-            "put the model folder (save_pretrained output) next to the spec"
-        )
-
-
-def looks_like_path(model: str) -> bool:
-    return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
+    """A job's model, dataset, adapters and trainable exist before anything is leased."""
+    if working_dir is not None:
+        spec.check_inputs(working_dir)
 
 
 def resolve_working_dir(spec: AnyJob, base: Path) -> Path | None:
-    """The working_dir as a real folder inside `base`; refuses `..`, absolute paths out of
-    `base`, and symlinks that lead out of it."""
-    raw = spec.runtime_env.working_dir
-    if raw is None:
-        return None
-    base = base.resolve()
-    target = (base / raw).resolve()
-    if target != base and base not in target.parents:
-        raise SpecError(
-            f"runtime_env.working_dir {raw!r} leads outside the spec's folder "
-            f"{base}; put the code next to the spec"
-        )
-    if not target.is_dir():
-        raise SpecError(f"runtime_env.working_dir {raw!r} is not a folder ({target})")
-    for path in target.rglob("*"):
-        if path.is_symlink() and base not in path.resolve().parents:
-            raise SpecError(f"{path} is a symlink out of the spec's folder; copy the file in")
-    return target
+    return inputs.resolve_working_dir(spec.runtime_env.working_dir, base)
 
 
 def _strip_tag(err: dict, kind: str) -> dict:

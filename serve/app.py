@@ -28,13 +28,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
+from computeswarm.jobs import contract
 from computeswarm.jobs.errors import SpecError
+from computeswarm.jobs.spec import ServeJob
 from computeswarm.serve import openai
 
 log = logging.getLogger(__name__)
 
 MAX_MODELS_PER_REPLICA = 8  # adapters (and the base) one replica keeps attached at most
-DEFAULTS = {"replicas": {"min": 1, "max": 1}, "max_concurrent_requests": 8, "max_tokens": 128}
+# The spec model's own defaults, for a spec given as a dict (tests, local runs).
+DEFAULTS = ServeJob.model_construct(kind="serve").model_dump(
+    include={"replicas", "max_concurrent_requests", "max_tokens"}
+)
 # Autoscaling within the lease: its GPUs are paid for whether a replica runs on them or
 # not, so a replica is added within seconds of load (Serve's default waits 30 s, on
 # metrics pushed every 10 s); it is removed after Serve's default 10 minutes without it.
@@ -95,13 +100,16 @@ class ServeOptions:
         }
 
 
-def serve_options(spec: dict, adapters: dict[str, str], base_dir: Path) -> ServeOptions:
-    """Check a serve spec (`ServeJob.model_dump(mode="json")`) and resolve its paths.
+def serve_options(spec: ServeJob | dict, adapters: dict[str, str], base_dir: Path) -> ServeOptions:
+    """Check a serve spec (the driver's validated `ServeJob`, or its `model_dump`) against
+    the files it names, and resolve its paths.
 
     `adapters` maps served names to folders (the coordinator's resolution of the spec's
     `adapters`, absolute); a spec adapter missing there that is a path (`./x`, `/x`) is
     taken relative to `base_dir`. Raises `SpecError` naming every problem.
     """
+    if isinstance(spec, ServeJob):
+        spec = spec.model_dump(mode="json")
     problems: list[str] = []
     base_dir = Path(base_dir).resolve()
     name = spec.get("name")
@@ -135,7 +143,7 @@ def serve_options(spec: dict, adapters: dict[str, str], base_dir: Path) -> Serve
         else:
             problems.append(
                 f"adapters.{served}: {ref!r} was not resolved to a folder "
-                "(registered versions are resolved by the coordinator in COMPUTESWARM_ADAPTERS)"
+                f"(registered versions are resolved by the coordinator in {contract.ADAPTERS})"
             )
             continue
         if not (Path(source.absolute) / "adapter_config.json").is_file():

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from computeswarm.errors import UserError
+from computeswarm.jobs import contract
 
 READY_TIMEOUT_S = 300.0
 STATUS_EVERY_S = 2.0  # how often serve.json follows the replica count (autoscaling, losses)
@@ -56,23 +57,23 @@ def main(argv: list[str]) -> int:
         print("usage: python -m computeswarm.serve.run computeswarm-job.json", file=sys.stderr)
         return EXIT_SPEC_ERROR
     try:
-        spec = json.loads(Path(argv[1]).read_text())
+        spec = contract.read_spec(argv[1])
         adapters = adapters_from_env(os.environ)
         endpoint = endpoint_from_env(os.environ)
         from computeswarm.serve.app import serve_options
 
         options = serve_options(spec, adapters, Path.cwd())
-    except (OSError, json.JSONDecodeError, UserError) as exc:
+    except (OSError, ValueError, UserError) as exc:  # ValueError: JSON or the spec's model
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_SPEC_ERROR
-    run_dir = Path(os.environ.get("COMPUTESWARM_RUN_DIR") or ".")
+    run_dir = contract.run_dir(default=".")
     run_dir.mkdir(parents=True, exist_ok=True)
     import ray
     from ray import serve
 
     if not ray.is_initialized():
         # Attach to this node of the lease's cluster (see cluster.ray_nodes).
-        ray.init(_node_ip_address=os.environ.get("COMPUTESWARM_NODE_IP"))
+        ray.init(_node_ip_address=os.environ.get(contract.NODE_IP))
     # After ray.init, which installs its own SIGTERM handler (sys.exit).
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -94,7 +95,7 @@ def main(argv: list[str]) -> int:
 
 
 def adapters_from_env(env: dict | os._Environ) -> dict[str, str]:
-    raw = env.get("COMPUTESWARM_ADAPTERS") or "{}"
+    raw = env.get(contract.ADAPTERS) or "{}"
     try:
         adapters = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -107,9 +108,9 @@ def adapters_from_env(env: dict | os._Environ) -> dict[str, str]:
 
 
 def endpoint_from_env(env: dict | os._Environ) -> Endpoint:
-    host = env.get("COMPUTESWARM_SERVE_HOST") or "127.0.0.1"
-    port_text = env.get("COMPUTESWARM_SERVE_PORT") or "8000"
-    location = env.get("COMPUTESWARM_SERVE_PROXY") or "HeadOnly"
+    host = env.get(contract.SERVE_HOST) or "127.0.0.1"
+    port_text = env.get(contract.SERVE_PORT) or "8000"
+    location = env.get(contract.SERVE_PROXY) or "HeadOnly"
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise UserError(f"COMPUTESWARM_SERVE_PORT={port_text!r} is not a port number")
     if location not in ("HeadOnly", "EveryNode", "Disabled"):
@@ -205,7 +206,7 @@ def refresh_replicas(status: dict, app_name: str, run_dir: Path) -> dict:
 
 def write_status(run_dir: Path, status: dict) -> None:
     """serve.json, replaced atomically so readers never see half a file."""
-    path = Path(run_dir) / "serve.json"
+    path = Path(run_dir) / contract.SERVE_FILE
     tmp = path.with_name(f".serve.json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(status, indent=2))
     os.replace(tmp, path)

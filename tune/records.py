@@ -18,11 +18,10 @@ import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from computeswarm.jobs import contract
 from computeswarm.tune.budget import trial_cost_micros
 
-TRIALS_DIR = "trials"
-SWEEP_FILE = "sweep.json"
-RESULT_FILE = "result.json"
+TRIALS_DIR, SWEEP_FILE, RESULT_FILE = contract.TRIALS_DIR, contract.SWEEP_FILE, contract.RESULT_FILE
 
 RUNNING = "running"
 COMPLETED = "completed"  # reached its planned number of reports

@@ -32,6 +32,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
+from computeswarm.jobs import contract
 from computeswarm.tune import records as rec
 from computeswarm.tune.budget import CostBook, LaunchDecision, TrialSpend, trial_cost_micros
 from computeswarm.tune.space import apply, expand
@@ -123,8 +124,8 @@ def plan_sweep(spec: dict, workdir: Path, run_dir: Path) -> SweepPlan:
 
 
 def main(argv: list[str]) -> int:
-    spec = json.loads(Path(argv[1]).read_text())
-    run_dir = Path(os.environ["COMPUTESWARM_RUN_DIR"]).resolve()
+    spec = contract.read_spec(argv[1]).model_dump(mode="json")
+    run_dir = contract.run_dir().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     # Trials stay in the job's working dir (Tune would move them into their trial folders).
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
@@ -446,13 +447,13 @@ def connect() -> None:
             _temp_dir=os.environ.get("COMPUTESWARM_LOCAL_RAY_TMP") or None,
         )
         return
-    ray.init(_node_ip_address=os.environ.get("COMPUTESWARM_NODE_IP"))
+    ray.init(_node_ip_address=os.environ.get(contract.NODE_IP))
 
 
 def lease_price_micros(default: int = 0) -> int:
     """The lease's price per GPU-hour in micros. Read at each use: a restored sweep may run
     on a new lease at another price, and its pickled objects keep the old one."""
-    raw = os.environ.get("COMPUTESWARM_PRICE_MICROS")
+    raw = os.environ.get(contract.PRICE_MICROS)
     return int(raw) if raw else default
 
 

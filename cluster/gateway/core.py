@@ -62,6 +62,10 @@ class GatewayBackend(Protocol):
         """Meter one request (may block briefly: called from a thread, after the response)."""
         ...
 
+    def flush(self) -> None:
+        """Store what `record` queued (the coordinator calls this as it stops)."""
+        ...
+
 
 # -- errors ------------------------------------------------------------------------------
 # Gateway-specific API errors; rendered by the gateway routes as {"error", "detail"}.

@@ -1,4 +1,4 @@
-"""The coordinator's side of sweeps: a `sweep` spec becomes a Ray Tune driver on the lease,
+"""The `sweep` kind: a `sweep` spec becomes a Ray Tune driver on the lease,
 the driver's trial records become rows in the store, idle sellers leave the lease early,
 and the best trial's adapter becomes a model version.
 
@@ -19,29 +19,52 @@ from pathlib import Path
 from sqlalchemy import select
 
 from computeswarm.cluster.kinds import training as training_jobs
-from computeswarm.cluster.kinds.training import SPEC_FILE, RayJob
-from computeswarm.cluster.leases.rules import MemberState
+from computeswarm.cluster.kinds.base import JobKind, RayJob, Where
+from computeswarm.cluster.leases.states import MemberState
 from computeswarm.cluster.models import registry as model_registry
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller, SweepTrial
-from computeswarm.jobs.spec import SweepJob
+from computeswarm.jobs import contract
+from computeswarm.jobs.spec import SweepJob, money_text
 from computeswarm.jobs.train.runs import file_hash, spec_hash
 from computeswarm.tune.budget import trial_cost_micros
 
 log = logging.getLogger("computeswarm.sweeps")
-# -I: the buyer's working_dir (the current folder, and on PYTHONPATH) cannot shadow the
-# driver's modules.
-ENTRYPOINT = f"python -I -m computeswarm.tune.run {SPEC_FILE}"
+ENTRYPOINT = contract.SWEEP_DRIVER  # its driver, started with python -I (jobs/contract.py)
 TERMINAL_TRIALS = ("completed", "stopped_early", "error", "skipped_budget")
+
+
+class SweepKind(JobKind):
+    name = "sweep"
+    resumable = True  # the next lease restores the Tune experiment from the run folder
+
+    def lease_files(self, db, job: Job, spec: SweepJob, where: Where) -> dict[str, list[str]]:
+        return {"read": [], "write": [str(training_jobs.choose_run_dir(where.storage, job, spec))]}
+
+    def render(self, db, job: Job, spec: SweepJob, lease: Lease, where: Where) -> RayJob:
+        return render(job, spec, where.storage, member_prices(db, lease.id))
+
+    def on_tick(self, db, job: Job, lease: Lease, where: Where) -> list[str]:
+        ingest(db, job, where.storage)
+        return shrink(db, lease, job, where.storage)
+
+    def on_release(self, db, job: Job, where: Where) -> None:
+        ingest(db, job, where.storage)
+
+    def register(self, db, job: Job, where: Where, now: float) -> dict | None:
+        return register_best(db, job, where.storage, where.models, now)
+
+    def view(self, db, job: Job, where: Where) -> dict:
+        return {"sweep": summary(db, job)}
 
 
 def render(job: Job, spec: SweepJob, storage: Path, prices: dict[str, int]) -> RayJob:
     """The Tune driver's entrypoint and environment. `prices` maps each member's overlay
     IP to its price per GPU-hour; the driver budgets with the dearest (a cap is a ceiling)."""
     folder = training_jobs.choose_run_dir(storage, job, spec)
-    (Path(job.upload_path) / SPEC_FILE).write_text(json.dumps(job.spec))
+    contract.write_spec(Path(job.upload_path), job.spec)
     env = {
-        "COMPUTESWARM_RUN_DIR": str(folder),
-        "COMPUTESWARM_PRICE_MICROS": str(max(prices.values(), default=0)),
+        contract.RUN_DIR: str(folder),
+        contract.PRICE_MICROS: str(max(prices.values(), default=0)),
     }
     return RayJob(ENTRYPOINT, env)
 
@@ -60,7 +83,9 @@ def ingest(db, job: Job, storage: Path) -> int:
     """Copy the driver's trial records into the store; returns how many changed. A trial's
     cost is priced here, at the price of the seller it ran on. Only the scheduler calls
     this (one writer: readers see the rows of its last tick)."""
-    folder = training_jobs.run_dir(storage, job, SweepJob.model_validate(job.spec)) / "trials"
+    folder = (
+        training_jobs.run_dir(storage, job, SweepJob.model_validate(job.spec)) / contract.TRIALS_DIR
+    )
     if not folder.is_dir():
         return 0
     prices = member_prices(db, job.lease_id) if job.lease_id else {}
@@ -116,7 +141,9 @@ def idle_members(status: dict, members: list[tuple[int, str, bool]]) -> Shrink:
 
 
 def sweep_status(storage: Path, job: Job) -> dict:
-    path = training_jobs.run_dir(storage, job, SweepJob.model_validate(job.spec)) / "sweep.json"
+    path = (
+        training_jobs.run_dir(storage, job, SweepJob.model_validate(job.spec)) / contract.SWEEP_FILE
+    )
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -145,7 +172,7 @@ def register_best(db, job: Job, storage: Path, models_root: Path, now: float) ->
     spec = SweepJob.model_validate(job.spec)
     if spec.trial.lora is None:
         return None
-    result_path = training_jobs.run_dir(storage, job, spec) / "result.json"
+    result_path = training_jobs.run_dir(storage, job, spec) / contract.RESULT_FILE
     if not result_path.exists():
         return None
     result = json.loads(result_path.read_text())
@@ -220,3 +247,17 @@ def leaderboard(db, job: Job, bill_micros: int | None) -> dict:
         "overhead_micros": None if bill_micros is None else bill_micros - spent,
     }
     return out
+
+
+def summary(db, job: Job) -> dict:
+    """The job view's `sweep` section: trials by state, the best so far, what they cost."""
+    board = leaderboard(db, job, None)
+    states: dict[str, int] = {}
+    for trial in board["trials"]:
+        states[trial["state"]] = states.get(trial["state"], 0) + 1
+    best = board["trials"][0] if board["trials"] else None
+    return {
+        "trials": states,
+        "best": best and {k: best[k] for k in ("trial_id", "params", "metric")},
+        "trials_cost": money_text(board["trials_cost_micros"]),
+    }

@@ -1,5 +1,5 @@
-"""The coordinator's side of training kinds: a `lora`/`pipeline` spec becomes a Ray job, and
-a finished `lora` run becomes a model version.
+"""The `lora` and `pipeline` kinds: a training spec becomes a Ray Train driver on the lease,
+its run folder shows progress, and a finished `lora` run becomes a model version.
 
 Run folders live in the job storage, `<state_dir>/storage/<account>/runs/<name>-<hash>`,
 named by what the weights depend on (spec and data hashes): a resubmitted job lands in the
@@ -12,28 +12,52 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
 
+from computeswarm.cluster.kinds.base import JobKind, RayJob, Where
+from computeswarm.cluster.leases.states import MemberState
 from computeswarm.cluster.models import registry as model_registry
-from computeswarm.cluster.store.models import Job, LeaseMember, ModelVersion, Seller
+from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller
+from computeswarm.jobs import contract
 from computeswarm.jobs.spec import LoraJob, PipelineJob, SweepJob, job_from_record
 from computeswarm.jobs.train.pipeline_plan import split_table
 from computeswarm.jobs.train.runs import file_hash, run_name, spec_hash
 
 log = logging.getLogger("computeswarm.training")
-SPEC_FILE = "computeswarm-job.json"
-# -I: the buyer's working_dir (the current folder, and on PYTHONPATH) cannot shadow the
-# driver's modules.
-ENTRYPOINT = f"python -I -m computeswarm.jobs.train.run {SPEC_FILE}"
+ENTRYPOINT = contract.TRAIN_DRIVER  # its driver, started with python -I (jobs/contract.py)
 
 
-@dataclass(frozen=True)
-class RayJob:
-    entrypoint: str
-    env_vars: dict[str, str]
+class TrainingKind(JobKind):
+    """What `lora` and `pipeline` share: a run folder, read-write, and its progress."""
+
+    def lease_files(self, db, job: Job, spec, where: Where) -> dict[str, list[str]]:
+        return {"read": [], "write": [str(choose_run_dir(where.storage, job, spec))]}
+
+    def render(self, db, job: Job, spec, lease: Lease, where: Where) -> RayJob:
+        return render(db, job, spec, where.storage)
+
+    def view(self, db, job: Job, where: Where) -> dict:
+        return {"training": progress(db, job, where.storage)} if job.upload_path else {}
+
+
+class LoraKind(TrainingKind):
+    name = "lora"
+
+    def lease_files(self, db, job: Job, spec: LoraJob, where: Where) -> dict[str, list[str]]:
+        files = super().lease_files(db, job, spec, where)
+        if spec.init_adapter:
+            version = model_registry.resolve(db, job.account_id, spec.init_adapter)
+            files["read"].append(version.artifact_path)
+        return files
+
+    def register(self, db, job: Job, where: Where, now: float) -> dict | None:
+        return register_result(db, job, where.storage, where.models, now)
+
+
+class PipelineKind(TrainingKind):
+    name = "pipeline"
 
 
 def run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJob) -> Path:
@@ -41,16 +65,10 @@ def run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJob) -> 
     never taken from the upload), else the one it would get."""
     if job.run_dir:
         return Path(job.run_dir)
-    dataset = _dataset_of(spec)
+    dataset = spec.data_file
     data = file_hash(Path(job.upload_path) / dataset) if dataset else "no-data"
-    kind = "sweeps" if isinstance(spec, SweepJob) else "runs"
-    return storage / job.account_id / kind / run_name(job.name, spec_hash(job.spec), data)
-
-
-def _dataset_of(spec: LoraJob | PipelineJob | SweepJob) -> str | None:
-    if isinstance(spec, SweepJob):
-        return spec.trial.lora.dataset if spec.trial.lora else None
-    return spec.dataset
+    folder = "sweeps" if spec.kind == "sweep" else "runs"  # (folder names predate kinds/)
+    return storage / job.account_id / folder / run_name(job.name, spec_hash(job.spec), data)
 
 
 def choose_run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJob) -> Path:
@@ -61,10 +79,10 @@ def choose_run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJ
         return Path(job.run_dir)
     base = run_dir(storage, job, spec)
     folder, attempt = base, 1
-    while (folder / "result.json").exists():
+    while (folder / contract.RESULT_FILE).exists():
         attempt += 1
         folder = base.with_name(f"{base.name}-r{attempt}")
-    if (folder / "steps.log").exists():
+    if (folder / contract.STEPS_LOG).exists():
         log.info("job %s: resuming the unfinished run %s", job.id, folder.name)
     job.run_dir = str(folder)
     return folder
@@ -73,23 +91,23 @@ def choose_run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJ
 def render(db, job: Job, spec: LoraJob | PipelineJob, storage: Path) -> RayJob:
     """The entrypoint and environment of a training job's driver."""
     folder = choose_run_dir(storage, job, spec)
-    (Path(job.upload_path) / SPEC_FILE).write_text(json.dumps(job.spec))
+    contract.write_spec(Path(job.upload_path), job.spec)
     # Ray Train's controller collects reports (and so registers checkpoints) at this pace;
     # its default leaves a fresh checkpoint unregistered for seconds.
-    env = {"COMPUTESWARM_RUN_DIR": str(folder), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
-    if isinstance(spec, LoraJob) and spec.init_adapter:
-        version = model_registry.resolve(db, job.account_id, spec.init_adapter)
-        env["COMPUTESWARM_INIT_ADAPTER"] = version.artifact_path
-        env["COMPUTESWARM_INIT_VERSION"] = version.id
+    env = {contract.RUN_DIR: str(folder), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    for ref in spec.registered_refs():  # a lora's init_adapter
+        version = model_registry.resolve(db, job.account_id, ref)
+        env[contract.INIT_ADAPTER] = version.artifact_path
+        env[contract.INIT_VERSION] = version.id
     return RayJob(ENTRYPOINT, env)
 
 
 def register_result(db, job: Job, storage: Path, models_root: Path, now: float) -> dict | None:
-    """Register a finished `lora` run's adapter; None for other kinds or no result."""
-    spec = LoraJob.model_validate(job.spec) if job.kind == "lora" else None
-    if spec is None or not job.upload_path:
+    """Register a finished `lora` run's adapter; None without a result."""
+    spec = LoraJob.model_validate(job.spec)
+    if not job.upload_path:
         return None
-    result_path = run_dir(storage, job, spec) / "result.json"
+    result_path = run_dir(storage, job, spec) / contract.RESULT_FILE
     if not result_path.exists():
         return None
     result = json.loads(result_path.read_text())
@@ -142,14 +160,14 @@ def progress(db, job: Job, storage: Path) -> dict:
         folder = run_dir(storage, job, spec)
     except OSError:
         return out
-    steps = folder / "steps.log"
+    steps = folder / contract.STEPS_LOG
     if steps.exists():
         lines = steps.read_text().splitlines()[-5:]
         out["recent_losses"] = [float(line.split()[1]) for line in lines if len(line.split()) > 1]
         out["step"] = int(lines[-1].split()[0]) if lines else 0
-    if (folder / "result.json").exists():
-        out["metrics"] = json.loads((folder / "result.json").read_text())["metrics"]
-    if isinstance(spec, PipelineJob) and job.lease_id:
+    if (folder / contract.RESULT_FILE).exists():
+        out["metrics"] = json.loads((folder / contract.RESULT_FILE).read_text())["metrics"]
+    if spec.kind == PipelineKind.name and job.lease_id:
         out["stages"] = pipeline_split(db, job, spec)
     return out
 
@@ -160,7 +178,10 @@ def pipeline_split(db, job: Job, spec: PipelineJob) -> list[dict] | None:
         return None
     members = db.scalars(
         select(LeaseMember)
-        .where(LeaseMember.lease_id == job.lease_id, LeaseMember.state != "dropped")
+        .where(
+            LeaseMember.lease_id == job.lease_id,
+            LeaseMember.state != MemberState.DROPPED.value,
+        )
         .order_by(LeaseMember.id)
     ).all()
     sellers = []
@@ -177,7 +198,3 @@ def pipeline_split(db, job: Job, spec: PipelineJob) -> list[dict] | None:
         micro_batches=spec.pipeline.micro_batches,
         schedule=spec.pipeline.schedule,
     )
-
-
-def version_of(db, job_id: str) -> ModelVersion | None:
-    return db.scalars(select(ModelVersion).where(ModelVersion.job_id == job_id)).first()

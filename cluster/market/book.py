@@ -20,6 +20,8 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from computeswarm.jobs.money import money_text
+
 DEFAULT_FEE_BPS = 1000  # 10 %
 
 
@@ -193,4 +195,4 @@ def _shortfall(bid: Bid, found: int) -> str:
 
 
 def _money(micros: int) -> str:
-    return f"{micros / 1_000_000:.6f}".rstrip("0").rstrip(".")
+    return money_text(micros, trim=True)  # prices as sellers and buyers write them

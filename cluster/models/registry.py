@@ -298,3 +298,8 @@ def _move_into_place(staging: Path, final: Path) -> None:
         # it (the number is past every committed version, and the account is locked).
         shutil.rmtree(final)
     os.rename(staging, final)
+
+
+def made_by(db, job_id: str) -> ModelVersion | None:
+    """The version a job registered, if any."""
+    return db.scalars(select(ModelVersion).where(ModelVersion.job_id == job_id)).first()

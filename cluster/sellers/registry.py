@@ -22,14 +22,13 @@ from computeswarm.cluster.accounts.credentials import (
 )
 from computeswarm.cluster.accounts.roles import Caller, Role, create_account, issue_key, revoke_keys
 from computeswarm.cluster.errors import Busy, Conflict, InvalidInvite, NotFound
-from computeswarm.cluster.leases.rules import LeaseState, MemberState
+from computeswarm.cluster.leases.states import LeaseState, MemberState
 from computeswarm.cluster.nodes.sandbox import lease_uid
 from computeswarm.cluster.sellers.states import SellerEvent, SellerState, transition
 from computeswarm.cluster.store.models import Invite, Job, Lease, LeaseMember, Offer, Seller
 from computeswarm.tunnel.addresses import AddressPool
 from computeswarm.tunnel.keys import KeyPair, parse_public_key, verify_possession
 
-MICROS = 1_000_000
 # Sellers whose heartbeats are watched: every state where an agent should be running.
 WATCHED = (SellerState.ENROLLED, SellerState.ONLINE, SellerState.LEASED, SellerState.DRAINING)
 

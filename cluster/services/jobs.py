@@ -8,25 +8,27 @@ from __future__ import annotations
 
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
 from computeswarm.cluster.accounts.roles import Caller, Role
+from computeswarm.cluster.config import MarketConfig
 from computeswarm.cluster.errors import ApiError, Conflict, NotFound
-from computeswarm.cluster.kinds import serve as serve_jobs
+from computeswarm.cluster.kinds import kind_of
 from computeswarm.cluster.kinds import sweep as sweep_jobs
-from computeswarm.cluster.kinds import training as training_jobs
-from computeswarm.cluster.leases.rules import bid_for
+from computeswarm.cluster.kinds.base import Where
+from computeswarm.cluster.kinds.sweep import SweepKind
 from computeswarm.cluster.ledger import journal as ledger
 from computeswarm.cluster.market.book import Match, match
+from computeswarm.cluster.market.orders import bid_for
 from computeswarm.cluster.models import registry as model_registry
+from computeswarm.cluster.store.db import Store
 from computeswarm.cluster.store.models import Account, Job, Lease, LeaseMember, LedgerEntry, Seller
 from computeswarm.jobs.errors import SpecError
 from computeswarm.jobs.spec import (
-    ServeJob,
-    adapter_is_path,
     check_inputs,
     money_text,
     parse_job_spec,
@@ -35,12 +37,25 @@ from computeswarm.jobs.states import JobState, job_transition
 from computeswarm.jobs.upload import unpack_working_dir
 
 if TYPE_CHECKING:
-    from computeswarm.cluster.coordinator import Coordinator
+    from computeswarm.cluster.leases.scheduler import LeaseScheduler
 
 
 class JobsService:
-    def __init__(self, coordinator: Coordinator):
-        self.c = coordinator
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float],
+        market: MarketConfig,
+        uploads: Path,
+        where: Callable[[], Where],
+        scheduler: LeaseScheduler,
+        wake_scheduler: Callable[[], None],
+    ):
+        self.store, self.clock, self.market = store, clock, market
+        self.uploads = uploads  # <uploads>/<job>/working_dir
+        self.where = where  # job storage, model versions, the lease heads' address
+        self.scheduler = scheduler
+        self.wake_scheduler = wake_scheduler
 
     def submit(self, caller: Caller, spec_data: dict, working_dir_zip: bytes | None) -> dict:
         caller.require(Role.BUYER, Role.ADMIN)
@@ -56,16 +71,14 @@ class JobsService:
         # buyer's quota: an upload unpacks to up to 4x its size.
         free = self._upload_room(caller, spec.escrow_micros)
         if working_dir_zip is not None:
-            target = self.c.config.state_dir / "jobs" / job_id / "working_dir"
-            limit = min(4 * self.c.config.market.max_upload_bytes, free)
+            target = self.uploads / job_id / "working_dir"
+            limit = min(4 * self.market.max_upload_bytes, free)
             try:
                 unpack_working_dir(working_dir_zip, target, max_bytes=limit)
             except SpecError as e:
                 shutil.rmtree(target.parent, ignore_errors=True)
                 if limit == free and "unpacks to over" in str(e):
-                    raise ApiError(
-                        _quota_message(self.c.config.market.upload_quota_bytes)
-                    ) from None
+                    raise ApiError(_quota_message(self.market.upload_quota_bytes)) from None
                 raise
             except BaseException:
                 shutil.rmtree(target.parent, ignore_errors=True)
@@ -75,14 +88,14 @@ class JobsService:
         try:
             # Training inputs are checked here, before anything is leased.
             check_inputs(spec, Path(upload) if upload else None)
-            with self.c.store.transaction() as db:
-                for ref in _registered_refs(spec):
+            with self.store.transaction() as db:
+                for ref in spec.registered_refs():
                     model_registry.resolve(db, caller.account_id, ref)
         except BaseException:
             if upload:
                 shutil.rmtree(Path(upload).parent, ignore_errors=True)
             raise
-        with self.c.store.transaction() as db:
+        with self.store.transaction() as db:
             job = Job(
                 id=job_id,
                 account_id=caller.account_id,
@@ -93,16 +106,16 @@ class JobsService:
                 reason="waiting for the market",
                 upload_path=upload,
                 upload_bytes=upload_bytes,
-                created_at=self.c.clock(),
+                created_at=self.clock(),
             )
             db.add(job)
-        self.c.wake_scheduler()
+        self.wake_scheduler()
         return self.view(caller, job_id)
 
     def _upload_room(self, caller: Caller, escrow_micros: int) -> int:
         """Bytes this buyer may still unpack; refuses a buyer who cannot fund the escrow."""
-        quota = self.c.config.market.upload_quota_bytes
-        with self.c.store.transaction() as db:
+        quota = self.market.upload_quota_bytes
+        with self.store.transaction() as db:
             funds = ledger.balance(db, ledger.buyer(caller.account_id))
             used = db.scalar(
                 select(func.coalesce(func.sum(Job.upload_bytes), 0)).where(
@@ -121,12 +134,10 @@ class JobsService:
     def quote(self, caller: Caller, spec_data: dict, explain: bool) -> dict:
         """What the market would choose now, without leasing anything."""
         spec = parse_job_spec(spec_data, source="job spec")
-        now = self.c.clock()
-        with self.c.store.transaction() as db:
-            asks = self.c.scheduler.asks_now(db, now)
-        decision = match(
-            bid_for("quote", spec), asks, now, self.c.config.market.fee_bps, explain_all=True
-        )
+        now = self.clock()
+        with self.store.transaction() as db:
+            asks = self.scheduler.asks_now(db, now)
+        decision = match(bid_for("quote", spec), asks, now, self.market.fee_bps, explain_all=True)
         out: dict = {"escrow": money_text(spec.escrow_micros), "max_duration_s": spec.max_duration}
         if isinstance(decision, Match):
             vram = {a.seller_id: a.vram_gb for a in asks}
@@ -153,7 +164,7 @@ class JobsService:
                 else {
                     s: r
                     for s, r in _reasons(
-                        bid_for("quote", spec), asks, now, self.c.config.market.fee_bps
+                        bid_for("quote", spec), asks, now, self.market.fee_bps
                     ).items()
                     if s not in chosen
                 }
@@ -164,24 +175,24 @@ class JobsService:
         return out
 
     def cancel(self, caller: Caller, job_id: str) -> dict:
-        with self.c.store.transaction() as db:
+        with self.store.transaction() as db:
             job = self._own(db, caller, job_id)
             state = JobState(job.state)
             if state.is_terminal:
                 raise Conflict(f"job {job_id} already {state.value}")
             if state is JobState.PENDING:
                 job.state = job_transition(state, JobState.CANCELLED).value
-                job.reason, job.ended_at = "cancelled by the buyer", self.c.clock()
+                job.reason, job.ended_at = "cancelled by the buyer", self.clock()
             else:
                 lease = db.get(Lease, job.lease_id)
-                self.c.scheduler.start_release(
+                self.scheduler.start_release(
                     db, lease, "cancelled by the buyer", JobState.CANCELLED
                 )
-        self.c.wake_scheduler()
+        self.wake_scheduler()
         return self.view(caller, job_id)
 
     def list(self, caller: Caller) -> list[dict]:
-        with self.c.store.transaction() as db:
+        with self.store.transaction() as db:
             query = select(Job.id).order_by(Job.created_at.desc())
             if caller.role is not Role.ADMIN:
                 query = query.where(Job.account_id == caller.account_id)
@@ -189,7 +200,7 @@ class JobsService:
         return [self.view(caller, job_id) for job_id in ids]
 
     def view(self, caller: Caller, job_id: str) -> dict:
-        with self.c.store.transaction() as db:
+        with self.store.transaction() as db:
             job = self._own(db, caller, job_id)
             out = {
                 "id": job.id,
@@ -204,20 +215,8 @@ class JobsService:
                 "cost": None,
                 "model_version": None,
             }
-            if job.kind in ("lora", "pipeline") and job.upload_path:
-                out["training"] = training_jobs.progress(db, job, self.c.storage_root)
-            if job.kind == "sweep":
-                out["sweep"] = self._sweep_summary(db, job)
-            if job.kind == "serve":
-                status = serve_jobs.status(self.c.storage_root, job)
-                out["serve"] = {
-                    "endpoint": f"/v1/serve/{job.id}/v1",
-                    "ready": status.get("state") == "ready",
-                    "models": status.get("models", []),
-                    "replicas": status.get("replicas"),
-                    **serve_jobs.usage_view(db, job),
-                }
-            version = training_jobs.version_of(db, job.id)
+            out |= kind_of(job).view(db, job, self.where())
+            version = model_registry.made_by(db, job.id)
             if version is not None:
                 out["model_version"] = f"{version.name}@{version.version}"
             if job.lease_id:
@@ -253,38 +252,26 @@ class JobsService:
 
     def sweep(self, caller: Caller, job_id: str) -> dict:
         """A sweep's leaderboard: trials best first, each with its cost, and the bill."""
-        with self.c.store.transaction() as db:
+        with self.store.transaction() as db:
             job = self._own(db, caller, job_id)
-            if job.kind != "sweep":
+            if job.kind != SweepKind.name:
                 raise NotFound(f"job {job_id} is not a sweep")
             out = sweep_jobs.leaderboard(db, job, _billed(db, job.id))
             out["job_id"], out["state"] = job.id, job.state
-            out["status"] = sweep_jobs.sweep_status(self.c.storage_root, job)
-            version = training_jobs.version_of(db, job.id)
+            out["status"] = sweep_jobs.sweep_status(self.where().storage, job)
+            version = model_registry.made_by(db, job.id)
             out["model_version"] = f"{version.name}@{version.version}" if version else None
             return out
 
-    def _sweep_summary(self, db, job: Job) -> dict:
-        board = sweep_jobs.leaderboard(db, job, None)
-        states: dict[str, int] = {}
-        for trial in board["trials"]:
-            states[trial["state"]] = states.get(trial["state"], 0) + 1
-        best = board["trials"][0] if board["trials"] else None
-        return {
-            "trials": states,
-            "best": best and {k: best[k] for k in ("trial_id", "params", "metric")},
-            "trials_cost": money_text(board["trials_cost_micros"]),
-        }
-
     def logs(self, caller: Caller, job_id: str, offset: int) -> dict:
-        with self.c.store.transaction() as db:
+        with self.store.transaction() as db:
             state = JobState(self._own(db, caller, job_id).state)
-        text = self.c.scheduler.job_logs(job_id)
-        done = state.is_terminal and self.c.scheduler.job_log_path(job_id).exists()
+        text = self.scheduler.job_logs(job_id)
+        done = state.is_terminal and self.scheduler.job_log_path(job_id).exists()
         return {"text": text[offset:], "offset": len(text), "done": done, "state": state.value}
 
     def ledger_view(self, caller: Caller, account: str | None) -> dict:
-        with self.c.store.transaction() as db:
+        with self.store.transaction() as db:
             if caller.role is Role.ADMIN:
                 accounts = [account] if account else None
             elif caller.role is Role.BUYER:
@@ -328,12 +315,10 @@ class JobsService:
         caller.require(Role.ADMIN)
         if micros <= 0:
             raise ApiError("deposits are positive")
-        with self.c.store.transaction() as db:
+        with self.store.transaction() as db:
             if db.get(Account, account_id) is None:
                 raise NotFound(f"no account {account_id}")
-            ledger.post(
-                db, ledger.deposit(account_id, micros, ref=caller.account_id), self.c.clock()
-            )
+            ledger.post(db, ledger.deposit(account_id, micros, ref=caller.account_id), self.clock())
             return {
                 "account": ledger.buyer(account_id),
                 "balance": money_text(ledger.balance(db, ledger.buyer(account_id))),
@@ -344,13 +329,6 @@ class JobsService:
         if job is None or (caller.role is not Role.ADMIN and job.account_id != caller.account_id):
             raise NotFound(f"no job {job_id}")
         return job
-
-
-def _registered_refs(spec) -> list[str]:
-    """The model versions a spec starts from: they must exist, and be the buyer's."""
-    if isinstance(spec, ServeJob):
-        return [ref for ref in spec.adapters.values() if not adapter_is_path(ref)]
-    return [spec.init_adapter] if getattr(spec, "init_adapter", None) else []
 
 
 def _billed(db, job_id: str) -> int | None:

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from computeswarm.jobs import contract
 from computeswarm.jobs.train.data import IGNORE, encode, read_jsonl, split
 from computeswarm.jobs.train.runs import ring_allreduce_bytes
 
@@ -158,7 +159,7 @@ def train_lora_worker(config: dict) -> None:
             logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=IGNORE
         )
 
-    steps_log = Path(config["run_dir"]) / "steps.log"
+    steps_log = Path(config["run_dir"]) / contract.STEPS_LOG
     sync_every = local["sync_every"] if local else None
     per_step = sync_bytes_per_step(trainable_bytes, world, sync_every)
     accumulation, size = ds["gradient_accumulation"], ds["micro_batch"]

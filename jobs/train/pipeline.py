@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from computeswarm.jobs import contract
 from computeswarm.jobs.spec import PipelineSettings, Training
 from computeswarm.jobs.train.data import IGNORE, Example, encode, read_jsonl, split
 from computeswarm.jobs.train.pipeline_plan import SUPPORTED, plan_stages
@@ -155,7 +156,7 @@ def train_stages(
             pending.append(loss)
             print(f"step {step} loss {loss:.6f}", flush=True)
             if config.get("run_dir"):  # the buyer's progress view reads this file
-                with open(Path(config["run_dir"]) / "steps.log", "a") as f:
+                with open(Path(config["run_dir"]) / contract.STEPS_LOG, "a") as f:
                     f.write(f"{step} {loss:.8f}\n")
         if step % training.eval_every and step != training.steps:
             continue

@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from computeswarm.jobs.spec import LoraJob, PipelineJob, job_from_record
+from computeswarm.jobs import contract
+from computeswarm.jobs.spec import LoraJob, PipelineJob
 from computeswarm.jobs.train.runs import file_hash, spec_hash
 
 MAX_FAILURES = 3  # a lost seller restarts the worker group from the last checkpoint
@@ -68,10 +69,10 @@ def main(argv: list[str]) -> int:
     # Workers stay in the job's working dir, where the model and dataset paths point
     # (Ray Train would otherwise move them into its run folder).
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
-    spec = job_from_record(json.loads(Path(argv[1]).read_text()))
-    run_dir = Path(os.environ["COMPUTESWARM_RUN_DIR"])
+    spec = contract.read_spec(argv[1])
+    run_dir = contract.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    init_adapter = os.environ.get("COMPUTESWARM_INIT_ADAPTER") or None
+    init_adapter = os.environ.get(contract.INIT_ADAPTER) or None
     if isinstance(spec, LoraJob):
         from computeswarm.jobs.train.lora import train_lora_worker as loop
     else:
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> int:
 
     # Attach to this seller's own node (see cluster.ray_nodes.seller_node_env).
     if not ray.is_initialized():
-        ray.init(_node_ip_address=os.environ.get("COMPUTESWARM_NODE_IP"))
+        ray.init(_node_ip_address=os.environ.get(contract.NODE_IP))
     cuda = torch.cuda.is_available()
     trainer = TorchTrainer(
         loop,
@@ -107,7 +108,7 @@ def main(argv: list[str]) -> int:
         "data_hash": file_hash(Path(spec.dataset)),
         "init_adapter": init_adapter,
     }
-    (run_dir / "result.json").write_text(json.dumps(outcome, indent=2))
+    (run_dir / contract.RESULT_FILE).write_text(json.dumps(outcome, indent=2))
     print(f"training finished: {json.dumps(outcome['metrics'])}", flush=True)
     return 0
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 
 from computeswarm.cluster.accounts.roles import authenticate
+from computeswarm.cluster.leases.heads import ray_temp_dir
 from computeswarm.cluster.ledger import journal as ledger
 from computeswarm.cluster.nodes.ray_nodes import process_start, session_pids
 from computeswarm.cluster.store.models import Lease
@@ -59,6 +61,24 @@ def test_a_restart_stops_a_head_it_did_start(sqlite_head):
     finally:
         orphan.kill()
         orphan.wait()
+
+
+def test_a_restart_removes_the_stopped_heads_temp_dir(sqlite_head):
+    """A head left by a crashed coordinator was stopped on restart, but its Ray temp dir
+    (its sandbox's /tmp, with the lease token) stayed forever."""
+    head = sqlite_head
+    orphan = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    temp = ray_temp_dir("l-orphan-tmp")
+    try:
+        (temp / "session_latest").mkdir(parents=True)
+        (temp / "lease.token").write_text("t")
+        _closed_lease(head, "l-orphan-tmp", orphan.pid, started=process_start(orphan.pid))
+        assert head.coordinator.scheduler.stop_orphaned_heads() == ["l-orphan-tmp"]
+        assert not temp.exists()
+    finally:
+        orphan.kill()
+        orphan.wait()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_a_heartbeat_claiming_a_running_node_does_not_attach_or_bill(sqlite_head):
@@ -231,12 +251,12 @@ def test_followers_of_a_live_log_share_one_fetch(sqlite_head, monkeypatch):
     scheduler = sqlite_head.coordinator.scheduler
     fetches = []
 
-    def fetch(job_id: str) -> str:
+    def fetch(job_id: str, head) -> str:
         fetches.append(job_id)
         time.sleep(0.3)  # a slow head
         return "line\n"
 
-    monkeypatch.setattr(scheduler, "_fetch_live_log", fetch)
+    monkeypatch.setattr(scheduler.ctx.ray_jobs, "fetch_log", fetch)
     texts = []
     followers = [
         threading.Thread(target=lambda: texts.append(scheduler.job_logs("j-live")))

@@ -115,6 +115,9 @@ class StubBackend:
             self.records.append(usage)
             self._changed.notify_all()
 
+    def flush(self) -> None:
+        pass  # records are kept as they come
+
     def recorded(self, job_id: str, timeout: float = 5.0) -> RequestUsage:
         with self._changed:
             assert self._changed.wait_for(
@@ -450,7 +453,7 @@ def test_the_coordinator_app_mounts_the_gateway_behind_its_own_keys(swarm: Swarm
 def test_one_jobs_long_streams_do_not_starve_another_jobs_requests(monkeypatch):
     """M6: every serve job shared one upstream pool: one buyer's long streams took the
     connections, and other buyers' requests got 503s."""
-    from computeswarm.cluster.api import gateway_routes
+    from computeswarm.cluster.api.routes import gateway as gateway_routes
 
     monkeypatch.setattr(gateway_routes, "UPSTREAM_LIMITS", httpx.Limits(max_connections=2))
     seen: list[dict] = []

@@ -24,6 +24,7 @@ import pytest
 
 from computeswarm.cluster.client import CoordinatorClient
 from computeswarm.cluster.errors import ApiError
+from computeswarm.cluster.leases.heads import RAY_TEMP_ROOT
 from computeswarm.cluster.nodes.ray_nodes import session_pids, stop_session
 from computeswarm.serve.openai import parse_sse
 from computeswarm.tunnel.backends.none import loopback_address
@@ -229,6 +230,26 @@ def test_a_job_runs_on_the_two_cheapest_matching_sellers_and_is_billed(swarm):
     for entry in view["entries"]:
         totals[entry["txn"]] = totals.get(entry["txn"], 0) + entry["amount_micros"]
     assert set(totals.values()) == {0}
+
+
+def test_a_closed_lease_leaves_no_temp_dir_of_its_head_or_its_workers(swarm):
+    """Each lease node's Ray temp dir (its sandbox's /tmp: Ray's sessions, the lease token)
+    goes with the node once the lease has settled."""
+    submitted = swarm.buyer.submit_job(job("tidy", "python -c pass", "RTX4090:24GB:1", 1))
+    lease = _until(lambda: swarm.buyer.job(submitted["id"])["lease"], "a lease")["id"]
+    _until(lambda: list(RAY_TEMP_ROOT.glob(f"{lease}*")), "the lease's temp dirs", timeout=60)
+    done = _settled(swarm, submitted["id"])
+    assert done["state"] == "succeeded", done
+    left = _until_none(lambda: list(RAY_TEMP_ROOT.glob(f"{lease}*")), timeout=30)
+    assert left == [], f"left behind: {left}"
+
+
+def _until_none(probe, timeout: float):
+    """`probe()` once it is empty, or its last value when time is up."""
+    deadline = time.monotonic() + timeout
+    while (value := probe()) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    return value
 
 
 def test_a_vanished_seller_fails_the_job_with_a_reason_and_stops_its_billing(swarm):

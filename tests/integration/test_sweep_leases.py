@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from computeswarm.cluster.accounts.roles import authenticate
-from computeswarm.cluster.leases.rules import LeaseState, MemberState
+from computeswarm.cluster.leases.ray_jobs import JobInfo
+from computeswarm.cluster.leases.states import LeaseState, MemberState
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller
 from computeswarm.jobs.spec import parse_job_spec
 
@@ -235,7 +236,9 @@ def test_ray_saying_the_driver_node_died_requeues_before_the_heartbeats_do(
     quiet(head)
     _, (driver, _), _, _ = running_sweep(head, tmp_path)
     monkeypatch.setattr(
-        head.coordinator.scheduler, "_job_status", lambda lease_id, job_id: ("FAILED", error)
+        head.coordinator.scheduler.ctx.ray_jobs,
+        "info",
+        lambda lease_head, job_id: JobInfo("FAILED", error, None),
     )
     tick_at(head, head.clock() + 1)
     with head.coordinator.store.transaction() as db:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from computeswarm.cluster.kinds.serve import request_cost_micros
+from computeswarm.cluster.gateway.backend import request_cost_micros
 from computeswarm.cluster.kinds.sweep import idle_members
 from computeswarm.cluster.ledger import journal as ledger
 from computeswarm.jobs.cli import leaderboard_lines
 from computeswarm.jobs.errors import SpecError
-from computeswarm.jobs.spec import ServeJob, SweepJob, adapter_is_path, parse_job_spec
+from computeswarm.jobs.inputs import adapter_is_path
+from computeswarm.jobs.spec import ServeJob, SweepJob, parse_job_spec
 
 
 def sweep(**overrides) -> dict:

@@ -1,0 +1,200 @@
+"""pending job --match--> lease matched: escrow held, sellers leased, files decided.
+
+The market (`cluster/market/`) decides; this phase reads its inputs from the store and
+writes its decision back, in one transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+from pathlib import Path
+
+from sqlalchemy import select
+
+from computeswarm.cluster.kinds import kind_of
+from computeswarm.cluster.leases.context import Leasing, end_job
+from computeswarm.cluster.leases.heads import HEAD_SLOTS
+from computeswarm.cluster.leases.release import why
+from computeswarm.cluster.leases.states import (
+    ACTIVE_LEASE_STATES,
+    LeaseState,
+    MemberState,
+    values,
+)
+from computeswarm.cluster.ledger import journal as ledger
+from computeswarm.cluster.market.book import Match, OrderBook
+from computeswarm.cluster.market.orders import ask_for, bid_for, reliability
+from computeswarm.cluster.nodes import sandbox
+from computeswarm.cluster.sellers.states import SellerEvent, SellerState, transition
+from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Offer, Seller
+from computeswarm.jobs.spec import AnyJob, job_from_record, money_text
+from computeswarm.jobs.states import JobState, job_transition
+
+log = logging.getLogger("computeswarm.scheduler")
+
+
+@dataclasses.dataclass(frozen=True)
+class Opening:
+    """A matched job's lease, decided before anything of it is written."""
+
+    job: Job
+    spec: AnyJob
+    match: Match
+    port: int
+    escrow: int
+    files: dict[str, list[str]]
+
+
+def match_pending(ctx: Leasing, now: float) -> None:
+    with ctx.store.transaction() as db:
+        jobs = db.scalars(
+            select(Job).where(Job.state == JobState.PENDING.value).order_by(Job.created_at)
+        ).all()
+        if not jobs:
+            return
+        book = OrderBook(asks_now(db, now), now, ctx.market.fee_bps)
+        used_ports = db.scalars(
+            select(Lease.port_base).where(Lease.state.in_(values(ACTIVE_LEASE_STATES)))
+        ).all()
+        for job in jobs:
+            # One bad job (a spec this code cannot render, a missing model) fails alone
+            # with its reason; the rest of the queue is matched as usual. Nothing of a
+            # job is written before `open_lease`, so a failure leaves no half-lease.
+            try:
+                opening = _match_one(ctx, db, job, book, used_ports, now)
+            except Exception as e:
+                log.exception("job %s: cannot be matched", job.id)
+                end_job(job, JobState.FAILED, now, f"cannot lease: {why(e)}")
+                continue
+            if opening is not None:
+                used_ports = [*used_ports, opening.port]
+                open_lease(db, opening, now)
+
+
+def _match_one(ctx: Leasing, db, job: Job, book: OrderBook, used_ports, now: float):
+    """The job's `Opening`, or None: the job waits, or has ended with its reason."""
+    if job.lease_id and db.get(Lease, job.lease_id).state in values(ACTIVE_LEASE_STATES):
+        return None  # requeued: its escrow comes back when the old lease settles
+    spec = job_from_record(job.spec)
+    escrow = spec.escrow_micros
+    funds = ledger.balance(db, ledger.buyer(job.account_id))
+    if funds < escrow:
+        reason = (
+            f"insufficient funds: {money_text(funds)} available, {money_text(escrow)} "
+            "needed in escrow (budget, or max price x GPUs x max_duration)"
+        )
+        end_job(job, JobState.FAILED, now, reason)
+        return None
+    port = ctx.heads.free_block(used_ports)
+    if port is None:
+        job.reason = f"waiting for a lease slot: all {HEAD_SLOTS} on this coordinator are in use"
+        return None
+    decision = book.place(bid_for(job.id, spec))
+    if not isinstance(decision, Match):
+        if spec.queue:
+            job.reason = f"waiting for supply: {decision.reason}"
+        else:
+            end_job(job, JobState.FAILED, now, f"no match (queue: false): {decision.reason}")
+        return None
+    files = lease_files(ctx, db, job, spec)  # what its sandboxes see
+    if sandbox.check().ok:  # the lease's uid writes its run folder, on every host
+        for folder in files["write"]:
+            sandbox.hand_over(Path(folder), sandbox.lease_uid(port))
+    return Opening(job, spec, decision, port, escrow, files)
+
+
+def lease_files(ctx: Leasing, db, job: Job, spec: AnyJob) -> dict[str, list[str]]:
+    """Which host files a lease's sandboxes see, decided by the coordinator when it opens
+    the lease: the job's upload and what its kind names (registered models read-only, its
+    run folder read-write). Never anything a spec or an upload names by itself. On sellers
+    that are other machines these folders do not exist and are simply not bound."""
+    own = kind_of(job).lease_files(db, job, spec, ctx.where())
+    upload = [job.upload_path] if job.upload_path else []
+    return {"read": upload + own["read"], "write": own["write"]}
+
+
+def open_lease(db, opening: Opening, now: float) -> None:
+    job, match = opening.job, opening.match
+    lease = Lease(
+        id=f"l-{secrets.token_hex(6)}",
+        account_id=job.account_id,
+        job_id=job.id,
+        state=LeaseState.MATCHED.value,
+        reason="",
+        token=secrets.token_urlsafe(24),
+        port_base=opening.port,
+        price_per_hour_micros=match.price_per_hour_micros,
+        escrow_micros=opening.escrow,
+        created_at=now,
+        deadline=now + opening.spec.max_duration,
+        files=opening.files,
+    )
+    db.add(lease)
+    db.flush()
+    for index, allocation in enumerate(match.allocations):
+        assign(db, lease.id, allocation, driver=index == 0, now=now)
+    ledger.post(db, ledger.hold(job.account_id, lease.id, opening.escrow), now)
+    job.state = job_transition(JobState(job.state), JobState.SCHEDULED).value
+    job.lease_id, job.reason = lease.id, ""
+    log.info(
+        "job %s matched: lease %s on %s at %d micros/h",
+        job.id,
+        lease.id,
+        [a.seller_id for a in match.allocations],
+        match.price_per_hour_micros,
+    )
+
+
+def asks_now(db, now: float) -> list:
+    """Every online seller's ask, as offered now."""
+    rows = db.execute(
+        select(Seller, Offer)
+        .join(Offer, Offer.seller_id == Seller.id)
+        .where(Seller.state == SellerState.ONLINE.value, Seller.left_at.is_(None))
+    ).all()
+    asks = []
+    for seller, offer in rows:
+        if offer.available_from and offer.available_from > now:
+            continue
+        ask = ask_for(
+            seller.id,
+            seller.gpus or [],
+            offer.price_per_gpu_hour_micros,
+            reliability(seller.leases_completed, seller.leases_lost),
+            offer.max_lease_hours,
+            offer.available_until,
+        )
+        if ask:
+            asks.append(ask)
+    return asks
+
+
+def replacement(ctx: Leasing, db, lease: Lease, job: Job, now: float):
+    """The market's pick of one seller for `job`'s lease, from sellers not yet in it."""
+    members = {
+        m.seller_id for m in db.scalars(select(LeaseMember).where(LeaseMember.lease_id == lease.id))
+    }
+    asks = [a for a in asks_now(db, now) if a.seller_id not in members]
+    single = dataclasses.replace(bid_for(job.id, job_from_record(job.spec)), nodes=1)
+    return OrderBook(asks, now, ctx.market.fee_bps).place(single)
+
+
+def assign(db, lease_id: str, allocation, *, driver: bool, now: float) -> Seller:
+    """Add a seller to a lease at its allocated price; the seller becomes leased."""
+    db.add(
+        LeaseMember(
+            lease_id=lease_id,
+            seller_id=allocation.seller_id,
+            gpus=allocation.gpus,
+            ask_micros=allocation.ask_micros,
+            price_micros=allocation.price_micros,
+            driver=driver,
+            state=MemberState.ASSIGNED.value,
+            assigned_at=now,
+        )
+    )
+    seller = db.get(Seller, allocation.seller_id)
+    seller.state = transition(SellerState(seller.state), SellerEvent.LEASE).value
+    return seller

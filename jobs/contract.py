@@ -1,0 +1,64 @@
+"""The contract between the coordinator and the drivers that run inside buyers' Ray jobs.
+
+Both sides import these names: the coordinator (`cluster/kinds/`) renders a driver's
+entrypoint and environment, and writes the spec file; the drivers (`jobs/train/run.py`,
+`tune/run.py`, `serve/run.py`) read them and write their artifacts into the run folder,
+where the coordinator reads them back. Nothing here imports the coordinator's code: the
+drivers run on sellers, inside the lease's sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from computeswarm.jobs.spec import AnyJob, job_from_record
+
+# -- the environment a driver starts with ----------------------------------------------------
+JOB_ID = "COMPUTESWARM_JOB_ID"
+LEASE_ID = "COMPUTESWARM_LEASE_ID"
+RUN_DIR = "COMPUTESWARM_RUN_DIR"  # the job's run folder (read-write; every kind but script)
+NODE_IP = "COMPUTESWARM_NODE_IP"  # this node's overlay address, for ray.init (cluster/nodes)
+INIT_ADAPTER = "COMPUTESWARM_INIT_ADAPTER"  # lora: the registered adapter to start from
+INIT_VERSION = "COMPUTESWARM_INIT_VERSION"  # lora: its version id
+PRICE_MICROS = "COMPUTESWARM_PRICE_MICROS"  # sweep: the lease's dearest price per GPU-hour
+ADAPTERS = "COMPUTESWARM_ADAPTERS"  # serve: JSON {served name: absolute adapter folder}
+SERVE_HOST = "COMPUTESWARM_SERVE_HOST"  # serve: where Serve's HTTP proxy listens
+SERVE_PORT = "COMPUTESWARM_SERVE_PORT"  # serve: its port (in the lease's own block)
+SERVE_PROXY = "COMPUTESWARM_SERVE_PROXY"  # serve: HeadOnly | EveryNode | Disabled
+
+# -- what a driver reads and writes -----------------------------------------------------------
+SPEC_FILE = "computeswarm-job.json"  # the validated spec, written into the working_dir
+STEPS_LOG = "steps.log"  # training: "<step> <loss> <seconds>" per line
+RESULT_FILE = "result.json"  # training and sweeps: the outcome (metrics, adapter, checkpoint)
+SWEEP_FILE = "sweep.json"  # sweeps: the driver's status (launching_done, busy_node_ips)
+TRIALS_DIR = "trials"  # sweeps: one record per trial
+SERVE_FILE = "serve.json"  # serve: state (ready, failed, stopped), models, replicas
+
+# -- the drivers -----------------------------------------------------------------------------
+# -I: the buyer's working_dir (the current folder, and on PYTHONPATH) cannot shadow the
+# driver's modules.
+TRAIN_DRIVER = f"python -I -m computeswarm.jobs.train.run {SPEC_FILE}"
+SWEEP_DRIVER = f"python -I -m computeswarm.tune.run {SPEC_FILE}"
+SERVE_DRIVER = f"python -I -m computeswarm.serve.run {SPEC_FILE}"
+
+
+def write_spec(working_dir: Path, spec: Mapping) -> None:
+    """The coordinator's side: the stored (validated) spec, for the driver to read."""
+    (Path(working_dir) / SPEC_FILE).write_text(json.dumps(dict(spec)))
+
+
+def read_spec(path: str | Path) -> AnyJob:
+    """The driver's side: the spec as its pydantic model (validated again on the way in:
+    the file travels inside the buyer's working_dir)."""
+    return job_from_record(json.loads(Path(path).read_text()))
+
+
+def run_dir(env: Mapping[str, str] = os.environ, default: str | None = None) -> Path:
+    """The run folder the coordinator chose for this job (never one the upload names)."""
+    value = env.get(RUN_DIR) or default
+    if value is None:
+        raise KeyError(f"{RUN_DIR} is not set: the coordinator sets it for every driver")
+    return Path(value)
