@@ -20,12 +20,6 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-class LenientModel(BaseModel):
-    """For what peers and stores send back: unknown keys are ignored (newer versions)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-
 def validate_strict(model: type[M], data: Any, *, source: str) -> M:
     """Validate `data` as `model`; raise ValueError listing each problem with its fix."""
     try:

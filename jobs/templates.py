@@ -40,7 +40,7 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +57,12 @@ from computeswarm.jobs.spec import (
     parse_job_spec,
     resolve_working_dir,
 )
+from computeswarm.jobs.template_refs import (
+    TemplateDumper,
+    TemplateLoader,
+    references,
+    substitute,
+)
 from computeswarm.profile import profile_path
 from computeswarm.strict import StrictModel, explain
 
@@ -65,34 +71,8 @@ ENV_VAR = "COMPUTESWARM_TEMPLATES"
 SUFFIXES = (".yaml", ".yml")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# At each `$`: an escape `$${`, a reference `${...}`, or else an unclosed `${`.
-_TOKEN = re.compile(r"\$\$\{|\$\{(?P<ref>[^}]*)\}|\$\{")
-_WHOLE = re.compile(r"\$\{(?P<ref>[A-Za-z_][A-Za-z0-9_]*)\}")
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
-
-
-class _Quoted(str):
-    """A quoted `${name}` in a template file: it renders as text, as YAML quotes mean."""
-
-
-class _TemplateLoader(yaml.SafeLoader):
-    """YAML as usual, except that quoted whole references are marked `_Quoted`."""
-
-
-class _TemplateDumper(yaml.SafeDumper):
-    """Shows `_Quoted` references quoted again, as they were written."""
-
-
-def _construct_str(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
-    value = loader.construct_scalar(node)
-    return _Quoted(value) if node.style in ('"', "'") and _WHOLE.fullmatch(value) else value
-
-
-_TemplateLoader.add_constructor("tag:yaml.org,2002:str", _construct_str)
-_TemplateDumper.add_representer(
-    _Quoted, lambda dumper, data: dumper.represent_scalar("tag:yaml.org,2002:str", data, '"')
-)
 
 
 class Parameter(StrictModel):
@@ -124,10 +104,6 @@ class Parameter(StrictModel):
         if self.default is not None:
             self.check(self.default, "default")
         return self
-
-    @property
-    def has_value(self) -> bool:
-        return self.required or self.default is not None
 
     def parse(self, text: str) -> Any:
         """`--set` text as this parameter's type, checked; ValueError says what is wrong."""
@@ -282,7 +258,7 @@ def parse_template(text: str, *, name: str, path: Path) -> Template:
     """A checked template from its YAML text; SpecError names the file and each problem."""
     source = f"template {name!r} ({path})"
     try:
-        data = yaml.load(text, Loader=_TemplateLoader)  # a SafeLoader: no Python objects
+        data = yaml.load(text, Loader=TemplateLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as e:
         raise SpecError(f"{source}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -294,7 +270,7 @@ def parse_template(text: str, *, name: str, path: Path) -> Template:
         raise SpecError(f"{source}: {problems}") from None
     used: set[str] = set()
     problems = []
-    for where, ref in _references(body.spec, "spec"):
+    for where, ref in references(body.spec, "spec"):
         if ref is None:
             problems.append(
                 f"{where}: an unclosed `${{` or a reference in a key; references go in "
@@ -387,7 +363,7 @@ def show_template(template: Template) -> str:
         if param.description:
             lines.append(f"  {'':<{width}}    {param.description}")
     lines.append("spec:")
-    spec = yaml.dump(template.spec, Dumper=_TemplateDumper, sort_keys=False).rstrip("\n")
+    spec = yaml.dump(template.spec, Dumper=TemplateDumper, sort_keys=False).rstrip("\n")
     lines += [f"  {line}" for line in spec.splitlines()]
     return "\n".join(lines) + "\n"
 
@@ -420,58 +396,9 @@ def _render(template: Template, values: Mapping[str, str]) -> tuple[dict, AnyJob
             resolved[key] = None
     if problems:
         raise SpecError(f"{template.source}: {'; '.join(problems)}")
-    data = _substitute(template.spec, resolved, "spec", template.source)
+    data = substitute(template.spec, resolved, "spec", template.source)
     spec = parse_job_spec(data, source=f"{template.source}, rendered spec")
     return data, spec
-
-
-def _references(node: Any, where: str) -> Iterator[tuple[str, str | None]]:
-    """Where each `${...}` in the spec body is, with its name, or None if malformed."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if isinstance(key, str) and "${" in key:
-                yield f"{where}.{key}", None
-            yield from _references(value, f"{where}.{key}")
-    elif isinstance(node, list):
-        for i, item in enumerate(node):
-            yield from _references(item, f"{where}[{i}]")
-    elif isinstance(node, str):
-        for match in _TOKEN.finditer(node):
-            if match[0] != "$${":
-                yield where, match["ref"]
-
-
-def _substitute(node: Any, values: Mapping[str, Any], where: str, source: str) -> Any:
-    if isinstance(node, dict):
-        return {k: _substitute(v, values, f"{where}.{k}", source) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_substitute(v, values, f"{where}[{i}]", source) for i, v in enumerate(node)]
-    if not isinstance(node, str):
-        return node
-    whole = _WHOLE.fullmatch(node)
-    if whole and not isinstance(node, _Quoted):
-        return _value(whole["ref"], values, where, source)  # keeps the parameter's type
-
-    def text(match: re.Match) -> str:
-        if match[0] == "$${":
-            return "${"
-        value = _value(match["ref"] or "", values, where, source)
-        if value is None:
-            raise SpecError(
-                f"{source}: {where}: ${{{match['ref']}}} has no value and is used inside "
-                f"a string; add --set {match['ref']}=VALUE"
-            )
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        return str(value)
-
-    return str(_TOKEN.sub(text, node))
-
-
-def _value(ref: str, values: Mapping[str, Any], where: str, source: str) -> Any:
-    if ref not in values:
-        raise SpecError(f"{source}: {where}: unresolved reference ${{{ref}}}")
-    return values[ref]
 
 
 def _explain(err: dict) -> str:

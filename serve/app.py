@@ -177,12 +177,6 @@ def serve_options(spec: ServeJob | dict, adapters: dict[str, str], base_dir: Pat
     )
 
 
-def build_app(spec: dict, adapters: dict[str, str], base_dir: Path):
-    """The bound Serve application of a serve spec (see `serve_options`)."""
-    options = serve_options(spec, adapters, base_dir)
-    return bind(options)
-
-
 def bind(options: ServeOptions):
     return InferenceServer.options(
         name="InferenceServer",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from computeswarm.tunnel.errors import ConfigParseError
 from computeswarm.tunnel.keys import parse_private_key, parse_public_key
@@ -83,9 +83,6 @@ class InterfaceConfig:
         dup = {k for k in keys if keys.count(k) > 1}
         if dup:
             raise ConfigParseError(f"peer {sorted(dup)[0]} appears twice")
-
-    def with_peers(self, peers: tuple[PeerConfig, ...]) -> InterfaceConfig:
-        return replace(self, peers=tuple(peers))
 
     def render(self, *, for_wg: bool = False) -> str:
         """wg-quick `.conf` text; `for_wg=True` keeps only what `wg setconf` understands."""

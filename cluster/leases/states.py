@@ -42,10 +42,6 @@ class MemberState(enum.StrEnum):
     LOST = "lost"  # the seller vanished mid-lease: metering stopped at the loss
     DROPPED = "dropped"  # a lost member, handled: replaced, or its lease ended
 
-    @property
-    def is_active(self) -> bool:
-        return self in ACTIVE_MEMBER_STATES
-
 
 def lease_transition(current: LeaseState, target: LeaseState) -> LeaseState:
     if target not in LEASE_TRANSITIONS[current]:

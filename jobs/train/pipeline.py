@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from computeswarm.jobs import contract
-from computeswarm.jobs.spec import PipelineSettings, Training
+from computeswarm.jobs.spec_parts import PipelineSettings, Training
 from computeswarm.jobs.train.data import IGNORE, Example, encode, read_jsonl, split
 from computeswarm.jobs.train.pipeline_plan import SUPPORTED, plan_stages
 

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from computeswarm.errors import UserError
 from computeswarm.jobs.errors import SpecError
 from computeswarm.jobs.spec import (
-    GpuRequest,
     ScriptJob,
     load_job_spec,
     parse_job_spec,
     resolve_working_dir,
 )
+from computeswarm.jobs.spec_parts import GpuRequest
 
 FULL = """\
 kind: script
