@@ -202,7 +202,7 @@ class Lease:
 
     def start(self) -> None:
         from computeswarm.cluster.config import MarketConfig
-        from computeswarm.cluster.leases.scheduler import HEAD_OBJECT_STORE_BYTES
+        from computeswarm.cluster.leases.heads import HEAD_OBJECT_STORE_BYTES
         from computeswarm.cluster.nodes.ray_nodes import PortBlock, head_argv, worker_argv
 
         self.token.write_text(os.urandom(16).hex())
