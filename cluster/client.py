@@ -1,7 +1,9 @@
 """A typed client for the coordinator API, used by the CLI, the seller agent and tests.
 
 Server errors come back as the same ApiError classes the server raised, so callers
-handle `NotFound` or `RateLimited` rather than status codes.
+handle `NotFound` or `RateLimited` rather than status codes. Answers are the API's JSON as
+sent; the CLI reads them with the response models (`api/schemas.py`, `api/views.py`), which
+parse leniently, so scripts and `--json` see exactly what the coordinator said.
 """
 
 from __future__ import annotations

@@ -9,25 +9,15 @@ from pathlib import Path
 
 import typer
 
+from computeswarm.cluster.cli.options import API_KEY, COORDINATOR, JSON
+from computeswarm.cluster.cli.options import buyer_client as _client
+
 jobs_app = typer.Typer(help="Your jobs: list, status, logs, cancel.", no_args_is_help=True)
 market_app = typer.Typer(help="Ask the market without leasing anything.", no_args_is_help=True)
 sweeps_app = typer.Typer(
     help="Hyperparameter sweeps: trials, metrics, costs.", no_args_is_help=True
 )
 
-COORDINATOR = typer.Option(
-    None,
-    "--coordinator",
-    envvar="COMPUTESWARM_COORDINATOR",
-    help="Coordinator URL (default: your profile, then localhost).",
-)
-API_KEY = typer.Option(
-    None,
-    "--api-key",
-    envvar="COMPUTESWARM_API_KEY",
-    help="Your API key (default: your profile's buyer key).",
-)
-JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
 SPEC_FILE = typer.Argument(None, help="The job spec (YAML); or use --template.")
 TEMPLATE = typer.Option(
     None, "--template", "-t", help="A template name (`computeswarm templates list`) or file."
@@ -42,7 +32,6 @@ TEMPLATE_BASE = typer.Option(
     help="Folder the template's working_dir is relative to (default: the current one).",
 )
 MAX_UPLOAD = 16 * 1024 * 1024
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def submit(
@@ -60,14 +49,17 @@ def submit(
 
     spec, working_dir = _load_spec(spec_file, template, sets, base)
     upload = pack_working_dir(working_dir, MAX_UPLOAD) if working_dir else None
+    from computeswarm.cluster.api.views import JobView
+
     client = _client(coordinator, api_key)
-    job = client.submit_job(spec.model_dump(mode="json"), upload)
+    answer = client.submit_job(spec.model_dump(mode="json"), upload)
     if as_json and not follow:
-        typer.echo(json.dumps(job))
+        typer.echo(json.dumps(answer))
         return
-    typer.echo(f"submitted {job['id']} ({job['name']}): {job['state']}", err=True)
+    job = JobView.model_validate(answer)
+    typer.echo(f"submitted {job.id} ({job.name}): {job.state}", err=True)
     if follow:
-        raise typer.Exit(_follow(client, job["id"]))
+        raise typer.Exit(_follow(client, job.id))
 
 
 @jobs_app.command("list")
@@ -75,23 +67,24 @@ def jobs_list(
     coordinator: str | None = COORDINATOR, api_key: str | None = API_KEY, as_json: bool = JSON
 ) -> None:
     """Your jobs, newest first."""
-    jobs = _client(coordinator, api_key).jobs()
+    from computeswarm.cluster.api.views import JobView
+
+    answer = _client(coordinator, api_key).jobs()
     if as_json:
-        typer.echo(json.dumps(jobs))
+        typer.echo(json.dumps(answer))
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table("id", "name", "state", "lease", "cost", "reason")
-    for job in jobs:
-        lease = job["lease"]
+    for job in (JobView.model_validate(j) for j in answer):
         table.add_row(
-            job["id"],
-            job["name"],
-            job["state"],
-            lease["id"] if lease else "-",
-            job["cost"] or "-",
-            job["reason"] or "",
+            job.id,
+            job.name,
+            job.state,
+            job.lease.id if job.lease else "-",
+            job.cost or "-",
+            job.reason or "",
         )
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
@@ -104,67 +97,68 @@ def jobs_status(
     as_json: bool = JSON,
 ) -> None:
     """One job: state, reason, its lease's sellers and price, its cost."""
-    job = _client(coordinator, api_key).job(job_id)
+    from computeswarm.cluster.api.views import JobView
+
+    answer = _client(coordinator, api_key).job(job_id)
     if as_json:
-        typer.echo(json.dumps(job))
+        typer.echo(json.dumps(answer))
         return
-    typer.echo(
-        f"{job['id']} ({job['name']}): {job['state']}"
-        + (f" - {job['reason']}" if job["reason"] else "")
-    )
-    lease = job["lease"]
-    if lease:
-        typer.echo(
-            f"  lease {lease['id']}: {lease['state']}, {lease['price_per_hour']}/h, "
-            f"escrow {lease['escrow']}"
+    for line in job_lines(JobView.model_validate(answer)):
+        typer.echo(line)
+
+
+def job_lines(job) -> list[str]:
+    """A job view as text: its lease, and its kind's progress."""
+    lines = [f"{job.id} ({job.name}): {job.state}" + (f" - {job.reason}" if job.reason else "")]
+    if lease := job.lease:
+        lines.append(
+            f"  lease {lease.id}: {lease.state}, {lease.price_per_hour}/h, escrow {lease.escrow}"
         )
-        for m in lease["members"]:
-            typer.echo(
-                f"    {m['seller_id']}: {m['gpus']} GPU(s) at {m['price_per_gpu_hour']}"
-                f"/GPU-h, {m['state']}{' (driver)' if m['driver'] else ''}"
-            )
-    training = job.get("training")
-    if training:
-        losses = ", ".join(f"{x:.3f}" for x in training["recent_losses"])
-        typer.echo(
-            f"  training: step {training['step']}/{training['steps'] or '?'}, recent loss {losses}"
+        lines += [
+            f"    {m.seller_id}: {m.gpus} GPU(s) at {m.price_per_gpu_hour}/GPU-h, "
+            f"{m.state}{' (driver)' if m.driver else ''}"
+            for m in lease.members
+        ]
+    if training := job.training:
+        losses = ", ".join(f"{x:.3f}" for x in training.recent_losses)
+        lines.append(
+            f"  training: step {training.step}/{training.steps or '?'}, recent loss {losses}"
         )
-        for stage in training.get("stages") or []:
-            typer.echo(
-                f"    stage {stage['stage']} on {stage['seller_id']}: layers {stage['layers']}, "
-                f"{stage['params']:,} params, ~{stage['memory_gb']:.3f} GB of {stage['vram_gb']:g}"
-            )
-        metrics = training.get("metrics") or {}
+        lines += [
+            f"    stage {stage['stage']} on {stage['seller_id']}: layers {stage['layers']}, "
+            f"{stage['params']:,} params, ~{stage['memory_gb']:.3f} GB of {stage['vram_gb']:g}"
+            for stage in training.stages or []
+        ]
+        metrics = training.metrics or {}
         if "eval_loss" in metrics:
             base = metrics.get("base_eval_loss")
-            typer.echo(
+            lines.append(
                 f"  eval loss {metrics['eval_loss']:.4f}"
                 + (f" (base model {base:.4f})" if base is not None else "")
             )
-    sweep = job.get("sweep")
-    if sweep:
-        states = ", ".join(f"{n} {state}" for state, n in sorted(sweep["trials"].items()))
-        typer.echo(f"  sweep: {states or 'no trials yet'}; trials cost {sweep['trials_cost']}")
-        if sweep["best"]:
-            typer.echo(f"  best so far: {sweep['best']['trial_id']} {sweep['best']['params']}")
-        typer.echo(f"  leaderboard: computeswarm sweeps show {job['id']}")
-    serve = job.get("serve")
-    if serve:
-        typer.echo(
-            f"  serving {', '.join(serve['models']) or '(starting)'} at "
-            f"<coordinator>{serve['endpoint']} ({'ready' if serve['ready'] else 'not ready'}); "
-            f"{serve['requests']} requests, {serve['prompt_tokens']} prompt + "
-            f"{serve['completion_tokens']} completion tokens"
+    if sweep := job.sweep:
+        states = ", ".join(f"{n} {state}" for state, n in sorted(sweep.trials.items()))
+        lines.append(f"  sweep: {states or 'no trials yet'}; trials cost {sweep.trials_cost}")
+        if sweep.best:
+            lines.append(f"  best so far: {sweep.best.trial_id} {sweep.best.params}")
+        lines.append(f"  leaderboard: computeswarm sweeps show {job.id}")
+    if serve := job.serve:
+        lines.append(
+            f"  serving {', '.join(serve.models) or '(starting)'} at "
+            f"<coordinator>{serve.endpoint} ({'ready' if serve.ready else 'not ready'}); "
+            f"{serve.requests} requests, {serve.prompt_tokens} prompt + "
+            f"{serve.completion_tokens} completion tokens"
         )
-        if replicas := serve.get("replicas"):
-            typer.echo(
+        if replicas := serve.replicas:
+            lines.append(
                 f"  replicas: {replicas['running']} running, {replicas.get('pending', 0)} "
                 f"pending (autoscaling {replicas['min']}-{replicas['max']})"
             )
-    if job.get("model_version"):
-        typer.echo(f"  model version: {job['model_version']}")
-    if job["cost"]:
-        typer.echo(f"  cost: {job['cost']}")
+    if job.model_version:
+        lines.append(f"  model version: {job.model_version}")
+    if job.cost:
+        lines.append(f"  cost: {job.cost}")
+    return lines
 
 
 @sweeps_app.command("show")
@@ -175,55 +169,54 @@ def sweeps_show(
     as_json: bool = JSON,
 ) -> None:
     """A sweep's leaderboard: each trial's parameters, metric, state and cost, best first."""
-    board = _client(coordinator, api_key).sweep(job_id)
+    answer = _client(coordinator, api_key).sweep(job_id)
     if as_json:
-        typer.echo(json.dumps(board))
+        typer.echo(json.dumps(answer))
         return
-    for line in leaderboard_lines(board):
+    for line in leaderboard_lines(answer):
         typer.echo(line)
 
 
-def leaderboard_lines(board: dict) -> list[str]:
+def leaderboard_lines(answer: dict) -> list[str]:
     """The leaderboard as text: metric against cost, and how the costs add up to the bill."""
-    from computeswarm.jobs.spec import money_text
+    from computeswarm.cluster.api.views import SweepBoard
+    from computeswarm.jobs.money import money_text
 
-    status = board.get("status") or {}
+    board = SweepBoard.model_validate(answer)
+    status = board.status
     lines = [
-        f"{board['job_id']}: {board['state']}, {len(board['trials'])} trials of "
-        f"{status.get('planned', '?')} planned, {board['metric']} ({board['mode']})"
+        f"{board.job_id}: {board.state}, {len(board.trials)} trials of "
+        f"{status.get('planned', '?')} planned, {board.metric} ({board.mode})"
         + (" - cost cap reached" if status.get("budget_stopped") else "")
     ]
-    params = sorted({k for t in board["trials"] for k in t["params"]})
-    header = ["#", "trial", *params, board["metric"], "iters", "state", "GPU-s", "cost"]
-    rows = []
-    for rank, t in enumerate(board["trials"], 1):
-        value = t["metric"]
-        rows.append(
-            [
-                str(rank),
-                t["trial_id"],
-                *(_short(t["params"].get(k)) for k in params),
-                "-" if value is None else f"{value:.4f}",
-                str(t["iterations"]),
-                t["state"],
-                f"{t['gpu_seconds']:.1f}",
-                money_text(t["cost_micros"]),
-            ]
-        )
+    params = sorted({k for t in board.trials for k in t.params})
+    header = ["#", "trial", *params, board.metric, "iters", "state", "GPU-s", "cost"]
+    rows = [
+        [
+            str(rank),
+            t.trial_id,
+            *(_short(t.params.get(k)) for k in params),
+            "-" if t.metric is None else f"{t.metric:.4f}",
+            str(t.iterations),
+            t.state,
+            f"{t.gpu_seconds:.1f}",
+            money_text(t.cost_micros),
+        ]
+        for rank, t in enumerate(board.trials, 1)
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
-    spent = board["trials_cost_micros"]
-    cap = board.get("cost_cap_micros")
+    spent, cap = board.trials_cost_micros, board.cost_cap_micros
     lines.append(f"trials: {money_text(spent)}" + (f" of a {money_text(cap)} cap" if cap else ""))
-    if board.get("bill_micros") is not None:
+    if board.bill_micros is not None:
         lines.append(
             "lease overhead (formation, imports, idle GPUs): "
-            + money_text(board["overhead_micros"])
+            + money_text(board.overhead_micros or 0)
         )
-        lines.append(f"bill: {money_text(board['bill_micros'])}")
-    if board.get("model_version"):
-        lines.append(f"best trial registered as {board['model_version']}")
+        lines.append(f"bill: {money_text(board.bill_micros)}")
+    if board.model_version:
+        lines.append(f"best trial registered as {board.model_version}")
     return lines
 
 
@@ -242,7 +235,9 @@ def jobs_logs(
     client = _client(coordinator, api_key)
     if follow:
         raise typer.Exit(_follow(client, job_id))
-    typer.echo(client.job_logs(job_id)["text"], nl=False)
+    from computeswarm.cluster.api.views import LogChunk
+
+    typer.echo(LogChunk.model_validate(client.job_logs(job_id)).text, nl=False)
 
 
 @jobs_app.command("cancel")
@@ -250,8 +245,10 @@ def jobs_cancel(
     job_id: str, coordinator: str | None = COORDINATOR, api_key: str | None = API_KEY
 ) -> None:
     """Cancel a job: its lease is released and you pay only for the time used."""
-    job = _client(coordinator, api_key).cancel_job(job_id)
-    typer.echo(f"{job['id']}: {job['state']}")
+    from computeswarm.cluster.api.views import JobView
+
+    job = JobView.model_validate(_client(coordinator, api_key).cancel_job(job_id))
+    typer.echo(f"{job.id}: {job.state}")
 
 
 @market_app.command("quote")
@@ -266,36 +263,40 @@ def market_quote(
     as_json: bool = JSON,
 ) -> None:
     """The sellers, price and estimated cost the market would choose now."""
+    from computeswarm.cluster.api.views import Quote
+
     spec, working_dir = _load_spec(spec_file, template, sets, base)
-    quote = _client(coordinator, api_key).quote(spec.model_dump(mode="json"), explain)
-    if quote["matched"] and spec.kind == "pipeline" and working_dir is not None:
-        quote["stages"] = _pipeline_split(spec, working_dir, quote["sellers"])
+    answer = _client(coordinator, api_key).quote(spec.model_dump(mode="json"), explain)
+    quote = Quote.model_validate(answer)
+    stages = None
+    if quote.matched and spec.kind == "pipeline" and working_dir is not None:
+        stages = answer["stages"] = _pipeline_split(spec, working_dir, quote.sellers)
     if as_json:
-        typer.echo(json.dumps(quote))
+        typer.echo(json.dumps(answer))
         return
-    if quote["matched"]:
+    if not quote.matched:
+        typer.echo(f"no match now: {quote.reason}")
+    else:
         typer.echo(
-            f"{quote['price_per_hour']}/h, at most {quote['estimated_cost']} for "
-            f"{quote['max_duration_s'] / 3600:g} h (escrow {quote['escrow']})"
+            f"{quote.price_per_hour}/h, at most {quote.estimated_cost} for "
+            f"{quote.max_duration_s / 3600:g} h (escrow {quote.escrow})"
         )
-        for s in quote["sellers"]:
+        for s in quote.sellers:
             typer.echo(
-                f"  {s['seller_id']}: {s['gpus']} GPU(s), ask {s['ask_per_gpu_hour']}, "
-                f"you pay {s['price_per_gpu_hour']} per GPU-h"
+                f"  {s.seller_id}: {s.gpus} GPU(s), ask {s.ask_per_gpu_hour}, "
+                f"you pay {s.price_per_gpu_hour} per GPU-h"
             )
-        for stage in quote.get("stages") or []:
+        for stage in stages or []:
             typer.echo(
                 f"  stage {stage['stage']} on {stage['seller_id']} ({stage['vram_gb']:g} GB): "
                 f"layers {stage['layers']}, {stage['params']:,} params, "
                 f"~{stage['memory_gb']:.3f} GB{'' if stage['fits'] else ' (does NOT fit)'}"
             )
-    else:
-        typer.echo(f"no match now: {quote['reason']}")
-    for seller, reason in quote.get("rejected", {}).items():
+    for seller, reason in quote.rejected.items():
         typer.echo(f"  not {seller}: {reason}")
 
 
-def _pipeline_split(spec, working_dir: Path, sellers: list[dict]) -> list[dict] | None:
+def _pipeline_split(spec, working_dir: Path, sellers) -> list[dict] | None:
     """Which layers each matched seller would hold, from the model's config.json."""
     from computeswarm.jobs.train.pipeline_plan import split_table
 
@@ -304,7 +305,7 @@ def _pipeline_split(spec, working_dir: Path, sellers: list[dict]) -> list[dict] 
         return None
     return split_table(
         json.loads(config.read_text()),
-        [(s["seller_id"], float(s["vram_gb"])) for s in sellers],
+        [(s.seller_id, float(s.vram_gb)) for s in sellers],
         seq_len=spec.training.max_seq_len,
         batch_size=spec.pipeline.batch_size,
         micro_batches=spec.pipeline.micro_batches,
@@ -319,17 +320,20 @@ def ledger(
     as_json: bool = JSON,
 ) -> None:
     """Balances and entries you may see: your spend, or your earnings."""
-    view = _client(coordinator, api_key).ledger(account)
+    from computeswarm.cluster.api.views import LedgerView
+
+    answer = _client(coordinator, api_key).ledger(account)
     if as_json:
-        typer.echo(json.dumps(view))
+        typer.echo(json.dumps(answer))
         return
-    for entry in view["entries"]:
+    view = LedgerView.model_validate(answer)
+    for entry in view.entries:
         typer.echo(
-            f"  {entry['txn']}  {entry['kind']:<12} {entry['ref']:<16} "
-            f"{entry['account']:<28} {entry['amount']:>14}"
+            f"  {entry.txn}  {entry.kind:<12} {entry.ref:<16} "
+            f"{entry.account:<28} {entry.amount:>14}"
         )
     typer.echo("balances:")
-    for account_name, amount in view["balances"].items():
+    for account_name, amount in view.balances.items():
         typer.echo(f"  {account_name:<30} {amount:>14}")
 
 
@@ -353,35 +357,22 @@ def _load_spec(spec_file: Path | None, template: str | None, sets: list[str], ba
 
 def _follow(client, job_id: str) -> int:
     """Print logs as they come until the job ends; exit 0 only if it succeeded."""
-    offset, state = 0, "pending"
-    last_reason = None
+    from computeswarm.cluster.api.views import JobView, LogChunk
+
+    offset, last_reason = 0, None
     while True:
-        chunk = client.job_logs(job_id, offset)
-        if chunk["text"]:
-            typer.echo(chunk["text"], nl=False)
-        offset, state = chunk["offset"], chunk["state"]
-        if chunk["done"]:
+        chunk = LogChunk.model_validate(client.job_logs(job_id, offset))
+        if chunk.text:
+            typer.echo(chunk.text, nl=False)
+        offset = chunk.offset
+        if chunk.done:
             break
-        if state in ("pending", "scheduled"):
-            reason = client.job(job_id)["reason"]
+        if chunk.state in ("pending", "scheduled"):
+            reason = JobView.model_validate(client.job(job_id)).reason
             if reason != last_reason:
-                typer.echo(f"[{state}] {reason}", err=True)
+                typer.echo(f"[{chunk.state}] {reason}", err=True)
                 last_reason = reason
         time.sleep(1.0)
-    job = client.job(job_id)
-    typer.echo(f"[{job['state']}] {job['reason'] or ''} cost {job['cost'] or '0'}", err=True)
-    return 0 if job["state"] == "succeeded" else 1
-
-
-def _client(coordinator: str | None, api_key: str | None):
-    from computeswarm.cluster.client import CoordinatorClient
-    from computeswarm.cluster.errors import ConfigError
-    from computeswarm.profile import resolve
-
-    url, key = resolve(coordinator, api_key)
-    if not key:
-        raise ConfigError(
-            "no API key: pass --api-key, set COMPUTESWARM_API_KEY, or run "
-            "`computeswarm up --local` (it writes a profile)"
-        )
-    return CoordinatorClient(url, key, timeout=60)
+    job = JobView.model_validate(client.job(job_id))
+    typer.echo(f"[{job.state}] {job.reason or ''} cost {job.cost or '0'}", err=True)
+    return 0 if job.state == "succeeded" else 1

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from computeswarm.jobs.cli import JSON, SET
+from computeswarm.cluster.cli.options import JSON
+from computeswarm.jobs.cli import SET
 
 templates_app = typer.Typer(
     help="Job templates: named specs with parameters, for `submit --template`.",

@@ -1,17 +1,63 @@
-"""Request and response bodies. Requests are strict (unknown keys are errors)."""
+"""Request and response bodies of the coordinator API, and so its OpenAPI spec.
+
+Requests are strict (unknown keys are errors). Responses are `ResponseModel`s: the CLI reads
+answers with the same models, leniently (see there). Job views live in `api/views.py`.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from decimal import Decimal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from computeswarm.cluster.errors import ApiError
+from computeswarm.jobs.money import MICROS
 from computeswarm.strict import StrictModel
 from computeswarm.tunnel.config import parse_endpoint
 from computeswarm.tunnel.errors import ConfigParseError
 
-MICROS = 1_000_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+def _drop_sometimes(schema: dict[str, Any], model: type[ResponseModel]) -> None:
+    required = schema.get("required")
+    if required and model.sometimes:
+        schema["required"] = [name for name in required if name not in model.sometimes]
+
+
+class ResponseModel(BaseModel):
+    """What the coordinator sends back, parsed leniently by whoever reads it.
+
+    Unknown keys are ignored and fields a reader can do without have defaults, so the CLI
+    reads an older coordinator's (or a test fake's) answer. The response schema still marks
+    every field required - the coordinator always sends it - except those in `sometimes`,
+    which a route leaves out when they do not apply (`response_model_exclude_unset`).
+    """
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_serialization_defaults_required=True,
+        json_schema_extra=_drop_sometimes,
+    )
+    sometimes: ClassVar[frozenset[str]] = frozenset()
+
+
+# -- system -------------------------------------------------------------------------------
+
+
+class Health(ResponseModel):
+    status: str = "ok"
+
+
+class Readiness(ResponseModel):
+    ready: bool
+    checks: dict[str, str] = Field(description="Each dependency: 'ok', or what is wrong.")
+
+
+# -- enrollment ---------------------------------------------------------------------------
 
 
 class InviteCreate(StrictModel):
@@ -21,7 +67,7 @@ class InviteCreate(StrictModel):
     note: str = Field("", max_length=200, description="Who the invite is for.")
 
 
-class InviteCreated(BaseModel):
+class InviteCreated(ResponseModel):
     invite: str
     expires_at: float
 
@@ -49,7 +95,7 @@ class EnrollRequest(StrictModel):
             raise ValueError(str(e)) from None
 
 
-class HubInfo(BaseModel):
+class HubInfo(ResponseModel):
     public_key: str
     endpoint: str
     address: str
@@ -61,12 +107,15 @@ class HubInfo(BaseModel):
     observed_client_host: str | None = None  # how the caller's address looks from here (NAT?)
 
 
-class Enrolled(BaseModel):
+class Enrolled(ResponseModel):
     seller_id: str
     address: str
     api_key: str
     rejoined: bool
     hub: HubInfo
+
+
+# -- sellers ------------------------------------------------------------------------------
 
 
 class GpuInfo(StrictModel):
@@ -85,16 +134,44 @@ class HeartbeatRequest(StrictModel):
     )
 
 
-class HeartbeatReply(BaseModel):
+class Assignment(ResponseModel):
+    """A lease node this seller should run: join the lease's Ray head with these limits."""
+
+    lease_id: str
+    head: str = Field(description="host:port of the lease's Ray head.")
+    token: str
+    gpus: int
+    cpus: float
+    memory_bytes: int
+    driver: bool = Field(description="This node runs the job's driver.")
+    port_base: int = Field(description="First of this node's worker ports.")
+    labels: dict[str, str] = Field(default_factory=dict)
+    uid: int = Field(description="The user the lease's processes run as.")
+    files: dict[str, Any] = Field(default_factory=dict)
+
+
+class HeartbeatReply(ResponseModel):
     state: str
-    assignments: list[dict] = Field(
+    assignments: list[Assignment] = Field(
         default_factory=list, description="Lease nodes this seller should run now."
     )
+
+
+# -- jobs, market, ledger -----------------------------------------------------------------
 
 
 class JobSubmit(StrictModel):
     spec: dict = Field(description="The job spec (as in the YAML file).")
     working_dir_zip: str | None = Field(None, description="base64 zip of runtime_env.working_dir.")
+
+    def upload(self) -> bytes | None:
+        """The working_dir zip's bytes, or None when the spec has no working_dir."""
+        if self.working_dir_zip is None:
+            return None
+        try:
+            return base64.b64decode(self.working_dir_zip, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError("working_dir_zip is not valid base64") from None
 
 
 class QuoteRequest(StrictModel):
@@ -130,24 +207,30 @@ class OfferRequest(StrictModel):
         return int(self.price_per_gpu_hour * MICROS)
 
 
-class OfferView(BaseModel):
-    price_per_gpu_hour: str
+class OfferView(ResponseModel):
+    price_per_gpu_hour: str = Field(description="The ask as the seller wrote it, e.g. 0.42.")
     price_per_gpu_hour_micros: int
-    available_from: float | None
-    available_until: float | None
+    available_from: float | None = None
+    available_until: float | None = None
     max_lease_hours: int
 
 
-class SellerView(BaseModel):
+class GpuView(ResponseModel):
+    model: str
+    vram_gb: int
+    simulated: bool = False
+
+
+class SellerView(ResponseModel):
     id: str
     name: str
     state: str
-    gpus: list[dict]
-    gpus_simulated: bool
-    rtt_ms: float | None
-    bandwidth_mbps: float | None
-    last_heartbeat: float | None
-    offer: OfferView | None
+    gpus: list[GpuView] = Field(default_factory=list)
+    gpus_simulated: bool = False
+    rtt_ms: float | None = None
+    bandwidth_mbps: float | None = None
+    last_heartbeat: float | None = None
+    offer: OfferView | None = None
     # Only for the seller itself and admins:
     address: str | None = None
     public_key: str | None = None
@@ -156,13 +239,44 @@ class SellerView(BaseModel):
     left_at: float | None = None
 
 
+# -- accounts -----------------------------------------------------------------------------
+
+
 class AccountCreate(StrictModel):
     name: str = Field(pattern=NAME_PATTERN)
     role: str = Field(pattern="^(admin|buyer|seller)$")
 
 
-class AccountCreated(BaseModel):
+class AccountCreated(ResponseModel):
     account_id: str
     name: str
     role: str
-    api_key: str
+    api_key: str = Field(description="Shown once; the coordinator keeps only its hash.")
+
+
+# -- models -------------------------------------------------------------------------------
+
+
+class ModelVersionView(ResponseModel):
+    """A registered model version (not where its files live on the coordinator)."""
+
+    id: str
+    account_id: str
+    name: str
+    version: int
+    ref: str = Field(description="NAME@VERSION")
+    kind: str
+    base_model: str
+    spec_hash: str
+    data_hash: str
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str
+    parent: str | None = Field(None, description="The version training started from.")
+    job_id: str | None = None
+    size_bytes: int
+    created_at: float
+
+
+class ModelVersions(ResponseModel):
+    name: str
+    versions: list[ModelVersionView] = Field(description="Oldest first.")

@@ -11,30 +11,16 @@ from pathlib import Path
 
 import typer
 
+from computeswarm.cluster.cli.options import ADMIN_KEY, COORDINATOR, JSON, YES, operator_client
+
 head_app = typer.Typer(help="Run the coordinator (the head host).", no_args_is_help=True)
 invite_app = typer.Typer(help="Invites for new sellers.", no_args_is_help=True)
 sellers_app = typer.Typer(help="The sellers the coordinator knows.", no_args_is_help=True)
 seller_app = typer.Typer(help="This box as a seller: join, status, leave.", no_args_is_help=True)
 accounts_app = typer.Typer(help="Accounts and their funds (admin).", no_args_is_help=True)
 
-DEFAULT_COORDINATOR = "http://127.0.0.1:8443"
-DEFAULT_HEAD_STATE = Path("/var/lib/computeswarm/coordinator")
 DEFAULT_SELLER_STATE = Path("/var/lib/computeswarm/seller")
 
-COORDINATOR = typer.Option(
-    DEFAULT_COORDINATOR,
-    "--coordinator",
-    envvar="COMPUTESWARM_COORDINATOR",
-    help="Coordinator API URL.",
-)
-API_KEY = typer.Option(
-    None,
-    "--api-key",
-    envvar="COMPUTESWARM_API_KEY",
-    help="API key; default: the admin key in the head's state dir.",
-)
-JSON = typer.Option(False, "--json", help="Print JSON for scripts.")
-YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 SELLER_STATE = typer.Option(
     DEFAULT_SELLER_STATE,
     "--state-dir",
@@ -110,20 +96,24 @@ def head_up(
 def invite_create(
     ttl: float | None = typer.Option(None, help="Lifetime in seconds (default: config's)."),
     note: str = typer.Option("", help="Who it is for."),
-    coordinator: str = COORDINATOR,
-    api_key: str | None = API_KEY,
+    coordinator: str | None = COORDINATOR,
+    api_key: str | None = ADMIN_KEY,
     as_json: bool = JSON,
 ) -> None:
     """Make a single-use, expiring invite for one seller box."""
-    result = _client(coordinator, api_key).create_invite(ttl, note)
+    from computeswarm.cluster.api.schemas import InviteCreated
+
+    client = operator_client(coordinator, api_key)
+    answer = client.create_invite(ttl, note)
     if as_json:
-        typer.echo(json.dumps(result))
+        typer.echo(json.dumps(answer))
         return
-    expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(result["expires_at"]))
+    invite = InviteCreated.model_validate(answer)
+    expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(invite.expires_at))
     typer.echo(
-        f"{result['invite']}\n(single use, expires {expires})\n"
-        f"on the seller box: computeswarm seller join --coordinator {coordinator} "
-        f"--invite {result['invite']}"
+        f"{invite.invite}\n(single use, expires {expires})\n"
+        f"on the seller box: computeswarm seller join --coordinator {client.url} "
+        f"--invite {invite.invite}"
     )
 
 
@@ -134,29 +124,34 @@ def invite_create(
 def accounts_create(
     name: str,
     role: str = typer.Option("buyer", help="buyer, seller or admin."),
-    coordinator: str = COORDINATOR,
-    api_key: str | None = API_KEY,
+    coordinator: str | None = COORDINATOR,
+    api_key: str | None = ADMIN_KEY,
     as_json: bool = JSON,
 ) -> None:
     """Create an account; prints its API key (shown once)."""
-    result = _client(coordinator, api_key).create_account(name, role)
-    typer.echo(
-        json.dumps(result)
-        if as_json
-        else f"{result['account_id']} ({result['role']}): {result['api_key']}"
-    )
+    from computeswarm.cluster.api.schemas import AccountCreated
+
+    answer = operator_client(coordinator, api_key).create_account(name, role)
+    if as_json:
+        typer.echo(json.dumps(answer))
+        return
+    account = AccountCreated.model_validate(answer)
+    typer.echo(f"{account.account_id} ({account.role}): {account.api_key}")
 
 
 @accounts_app.command("deposit")
 def accounts_deposit(
     account_id: str,
     amount: str = typer.Argument(..., help="e.g. 25.00"),
-    coordinator: str = COORDINATOR,
-    api_key: str | None = API_KEY,
+    coordinator: str | None = COORDINATOR,
+    api_key: str | None = ADMIN_KEY,
 ) -> None:
     """Credit a buyer's account (from outside the swarm)."""
-    result = _client(coordinator, api_key).deposit(account_id, amount)
-    typer.echo(f"{result['account']}: balance {result['balance']}")
+    from computeswarm.cluster.api.views import Deposited
+
+    answer = operator_client(coordinator, api_key).deposit(account_id, amount)
+    done = Deposited.model_validate(answer)
+    typer.echo(f"{done.account}: balance {done.balance}")
 
 
 # -- sellers --------------------------------------------------------------------------------
@@ -165,32 +160,35 @@ def accounts_deposit(
 @sellers_app.command("list")
 def sellers_list(
     include_left: bool = typer.Option(False, "--all", help="Include sellers that left."),
-    coordinator: str = COORDINATOR,
-    api_key: str | None = API_KEY,
+    coordinator: str | None = COORDINATOR,
+    api_key: str | None = ADMIN_KEY,
     as_json: bool = JSON,
 ) -> None:
     """Sellers with their state, GPUs and offers (buyers see online ones only)."""
-    sellers = _client(coordinator, api_key).sellers(include_left)
+    from computeswarm.cluster.api.schemas import SellerView
+
+    answer = operator_client(coordinator, api_key).sellers(include_left)
     if as_json:
-        typer.echo(json.dumps(sellers))
+        typer.echo(json.dumps(answer))
         return
     from rich.console import Console
     from rich.table import Table
 
+    sellers = [SellerView.model_validate(s) for s in answer]
     table = Table(
         "id", "name", "state", "address", "gpus", "price/GPU-h", "rtt ms", "Mbit/s", "heartbeat"
     )
     for s in sellers:
         table.add_row(
-            s["id"],
-            s["name"],
-            s["state"],
-            s.get("address") or "-",
+            s.id,
+            s.name,
+            s.state,
+            s.address or "-",
             _gpus(s),
-            s["offer"]["price_per_gpu_hour"] if s["offer"] else "-",
-            _num(s["rtt_ms"]),
-            _num(s["bandwidth_mbps"]),
-            _ago(s["last_heartbeat"]),
+            s.offer.price_per_gpu_hour if s.offer else "-",
+            _num(s.rtt_ms),
+            _num(s.bandwidth_mbps),
+            _ago(s.last_heartbeat),
         )
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
@@ -299,28 +297,30 @@ def seller_agent(state_dir: Path = SELLER_STATE) -> None:
 @seller_app.command("status")
 def seller_status(state_dir: Path = SELLER_STATE, as_json: bool = JSON) -> None:
     """This box as the coordinator sees it, plus the local agent and tunnel."""
+    from computeswarm.cluster.api.schemas import SellerView
     from computeswarm.cluster.seller.agent import STATUS_FILE
     from computeswarm.cluster.seller.join import tunnel_is_up
 
     enrollment = _enrollment(state_dir)
-    remote = enrollment.client(overlay=False).seller(enrollment.seller_id)
+    answer = enrollment.client(overlay=False).seller(enrollment.seller_id)
     status_file = state_dir / STATUS_FILE
     local = json.loads(status_file.read_text()) if status_file.exists() else {}
     info = {
-        "seller": remote,
+        "seller": answer,
         "agent": local,
         "tunnel_up": tunnel_is_up(enrollment) if enrollment.backend != "none" else None,
     }
     if as_json:
         typer.echo(json.dumps(info))
         return
-    offer = remote["offer"]
+    remote = SellerView.model_validate(answer)
+    offer = remote.offer
     typer.echo(
-        f"{remote['id']} ({remote['name']}): {remote['state']} at {remote['address']}\n"
+        f"{remote.id} ({remote.name}): {remote.state} at {remote.address}\n"
         f"  gpus: {_gpus(remote)}\n"
-        f"  offer: {offer['price_per_gpu_hour'] + ' per GPU-hour' if offer else 'none'}\n"
-        f"  last heartbeat: {_ago(remote['last_heartbeat'])}; rtt "
-        f"{_num(remote['rtt_ms'])} ms, {_num(remote['bandwidth_mbps'])} Mbit/s\n"
+        f"  offer: {offer.price_per_gpu_hour + ' per GPU-hour' if offer else 'none'}\n"
+        f"  last heartbeat: {_ago(remote.last_heartbeat)}; rtt "
+        f"{_num(remote.rtt_ms)} ms, {_num(remote.bandwidth_mbps)} Mbit/s\n"
         f"  agent: pid {local.get('pid', '-')}, error: {local.get('error') or 'none'}\n"
         f"  tunnel: {'up' if info['tunnel_up'] else 'down'} ({enrollment.interface})"
     )
@@ -349,22 +349,6 @@ def seller_leave(state_dir: Path = SELLER_STATE, yes: bool = YES) -> None:
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def _client(url: str, api_key: str | None):
-    from computeswarm.cluster.client import CoordinatorClient
-
-    if not api_key:
-        key_file = DEFAULT_HEAD_STATE / "admin.key"
-        if not key_file.exists():
-            from computeswarm.cluster.errors import ConfigError
-
-            raise ConfigError(
-                "no API key: pass --api-key or set COMPUTESWARM_API_KEY "
-                "(the admin key is in <state_dir>/admin.key)"
-            )
-        api_key = key_file.read_text().strip()
-    return CoordinatorClient(url, api_key)
 
 
 def _enrollment(state_dir: Path):
@@ -420,13 +404,12 @@ def _stop_agent(state_dir: Path) -> None:
     pid_file.unlink(missing_ok=True)
 
 
-def _gpus(seller: dict) -> str:
-    gpus = seller.get("gpus") or []
-    if not gpus:
+def _gpus(seller) -> str:
+    if not seller.gpus:
         return "-"
-    first = gpus[0]
-    label = f"{len(gpus)}x {first['model']} {first['vram_gb']}GB"
-    return label + (" (simulated)" if seller.get("gpus_simulated") else "")
+    first = seller.gpus[0]
+    label = f"{len(seller.gpus)}x {first.model} {first.vram_gb}GB"
+    return label + (" (simulated)" if seller.gpus_simulated else "")
 
 
 def _num(value: float | None) -> str:

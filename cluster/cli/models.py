@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from computeswarm.jobs.cli import API_KEY, COORDINATOR, JSON, _client
+from computeswarm.cluster.cli.options import API_KEY, COORDINATOR, JSON
+from computeswarm.cluster.cli.options import buyer_client as _client
 
 models_app = typer.Typer(
     help="Your registered models: the adapters your training runs produced.",
@@ -22,18 +23,18 @@ def models_list(
     coordinator: str | None = COORDINATOR, api_key: str | None = API_KEY, as_json: bool = JSON
 ) -> None:
     """Your model versions, by name and version."""
-    versions = _client(coordinator, api_key).models()
+    from computeswarm.cluster.api.schemas import ModelVersionView
+
+    answer = _client(coordinator, api_key).models()
     if as_json:
-        typer.echo(json.dumps(versions))
+        typer.echo(json.dumps(answer))
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table("model", "base model", "size", "job", "created")
-    for v in versions:
-        table.add_row(
-            v["ref"], v["base_model"], _size(v["size_bytes"]), v["job_id"] or "-", _when(v)
-        )
+    for v in (ModelVersionView.model_validate(a) for a in answer):
+        table.add_row(v.ref, v.base_model, _size(v.size_bytes), v.job_id or "-", _when(v))
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
@@ -45,12 +46,15 @@ def models_show(
     as_json: bool = JSON,
 ) -> None:
     """One version: where it came from (job, checkpoint, parent, hashes) and its metrics."""
+    from computeswarm.cluster.api.schemas import ModelVersionView
+
     name, version = _split(ref)
-    v = _client(coordinator, api_key).model_version(name, version)
+    answer = _client(coordinator, api_key).model_version(name, version)
     if as_json:
-        typer.echo(json.dumps(v))
+        typer.echo(json.dumps(answer))
         return
-    typer.echo(f"{v['ref']} ({v['kind']}, {_size(v['size_bytes'])}), created {_when(v)}")
+    v = ModelVersionView.model_validate(answer)
+    typer.echo(f"{v.ref} ({v.kind}, {_size(v.size_bytes)}), created {_when(v)}")
     for label, key in (
         ("base model", "base_model"),
         ("job", "job_id"),
@@ -59,8 +63,8 @@ def models_show(
         ("spec hash", "spec_hash"),
         ("data hash", "data_hash"),
     ):
-        typer.echo(f"  {label + ':':<12} {v[key] or '-'}")
-    for metric, value in sorted(v["metrics"].items()):
+        typer.echo(f"  {label + ':':<12} {getattr(v, key) or '-'}")
+    for metric, value in sorted(v.metrics.items()):
         typer.echo(f"  {metric}: {value}")
 
 
@@ -72,10 +76,12 @@ def models_download(
     api_key: str | None = API_KEY,
 ) -> None:
     """Download a version's files into a folder."""
+    from computeswarm.cluster.api.schemas import ModelVersionView
+
     name, version = _split(ref)
     client = _client(coordinator, api_key)
     # Pin the number first: `latest` could move while the files come down.
-    exact = client.model_version(name, version)["version"]
+    exact = ModelVersionView.model_validate(client.model_version(name, version)).version
     dest = client.download_model(name, exact, to)
     typer.echo(f"{name}@{exact}: files in {dest}")
 
@@ -97,7 +103,7 @@ def _size(size_bytes: int) -> str:
     return f"{size_bytes} B" if unit == "B" else f"{size:.1f} {unit}"
 
 
-def _when(version: dict) -> str:
+def _when(version) -> str:
     import time
 
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(version["created_at"]))
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(version.created_at))

@@ -22,17 +22,14 @@ from computeswarm.cluster.kinds import sweep as sweep_jobs
 from computeswarm.cluster.kinds.base import Where
 from computeswarm.cluster.kinds.sweep import SweepKind
 from computeswarm.cluster.ledger import journal as ledger
-from computeswarm.cluster.market.book import Match, match
+from computeswarm.cluster.market.book import Match, explain, match
 from computeswarm.cluster.market.orders import bid_for
 from computeswarm.cluster.models import registry as model_registry
 from computeswarm.cluster.store.db import Store
 from computeswarm.cluster.store.models import Account, Job, Lease, LeaseMember, LedgerEntry, Seller
 from computeswarm.jobs.errors import SpecError
-from computeswarm.jobs.spec import (
-    check_inputs,
-    money_text,
-    parse_job_spec,
-)
+from computeswarm.jobs.money import money_text
+from computeswarm.jobs.spec import check_inputs, parse_job_spec
 from computeswarm.jobs.states import JobState, job_transition
 from computeswarm.jobs.upload import unpack_working_dir
 
@@ -343,8 +340,6 @@ def _billed(db, job_id: str) -> int | None:
 
 
 def _reasons(bid, asks, now, fee_bps) -> dict[str, str]:
-    from computeswarm.cluster.market.book import explain
-
     return {
         a.seller_id: explain(bid, a, now, fee_bps) or "eligible, but not among the cheapest"
         for a in asks

@@ -30,21 +30,16 @@ from computeswarm.cluster.gateway.core import (
     MAX_BODY_BYTES,
     MODELS_PATH,
     ROUTES,
-    Admitted,
     GatewayBackend,
     InferenceRequest,
     PayloadTooLarge,
     RequestUsage,
-    ServeLimiter,
     ServeTarget,
-    SseUsageReader,
     UpstreamUnavailable,
-    Usage,
     parse_serve_request,
-    retry_after_header,
-    sse_error_event,
-    usage_of,
 )
+from computeswarm.cluster.gateway.limits import Admitted, ServeLimiter, retry_after_header
+from computeswarm.cluster.gateway.usage import SseUsageReader, TokenUsage, sse_error_event, usage_of
 
 log = logging.getLogger("computeswarm.gateway")
 
@@ -64,7 +59,7 @@ def gateway_router(
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> APIRouter:
     """The gateway's routes; `caller` is the app's authentication dependency."""
-    gateway = _Gateway(backend, ServeLimiter(clock), clock, timeout, max_body_bytes)
+    gateway = _Proxy(backend, ServeLimiter(clock), clock, timeout, max_body_bytes)
 
     @asynccontextmanager
     async def lifespan(_app) -> AsyncIterator[None]:
@@ -93,7 +88,7 @@ def gateway_router(
     return router
 
 
-class _Gateway:
+class _Proxy:
     """The proxy behind the routes: one upstream HTTP client per app, made on first use."""
 
     def __init__(
@@ -207,7 +202,7 @@ class _Call:
 
     def __init__(
         self,
-        gateway: _Gateway,
+        gateway: _Proxy,
         job_id: str,
         who: Caller,
         target: ServeTarget,
@@ -225,15 +220,15 @@ class _Call:
 
     def refund(self) -> None:
         """Nothing reached the serve app: give back the whole charge."""
-        self.settle(Usage())
+        self.settle(TokenUsage())
 
-    def settle(self, usage: Usage | None) -> None:
+    def settle(self, usage: TokenUsage | None) -> None:
         """Correct the up-front charge by the real usage (kept as is when none came back)."""
         used = usage.total_tokens if usage is not None else None
         self.gateway.limiter.settle(self.job_id, self.who.key_id, self.target, self.charged, used)
 
-    def usage(self, status: int, usage: Usage | None) -> RequestUsage:
-        usage = usage or Usage()
+    def usage(self, status: int, usage: TokenUsage | None) -> RequestUsage:
+        usage = usage or TokenUsage()
         return RequestUsage(
             job_id=self.job_id,
             account_id=self.who.account_id,
@@ -248,7 +243,7 @@ class _Call:
             stream=self.serve.stream,
         )
 
-    def record_task(self, status: int, usage: Usage | None) -> BackgroundTask:
+    def record_task(self, status: int, usage: TokenUsage | None) -> BackgroundTask:
         """Metering that runs in a thread once the response has been sent."""
         return BackgroundTask(self._record, self.usage(status, usage))
 
@@ -287,11 +282,11 @@ class _Call:
                 self.settle(usage)
                 await anyio.to_thread.run_sync(self._record, self.usage(status, usage))
 
-    def partial_usage(self, events: int) -> Usage:
+    def partial_usage(self, events: int) -> TokenUsage:
         """What a buyer who hung up before the final usage event had generated: a token per
         content event relayed, the prompt at four characters a token, the time it took. It
         was metered at 0 (L6), so hanging up early made streams free."""
-        return Usage(
+        return TokenUsage(
             prompt_tokens=max(1, self.serve.prompt_chars // 4),
             completion_tokens=events,
             gpu_seconds=max(0.0, self.gateway.clock() - self.started),
@@ -318,7 +313,7 @@ def _is_sse(response: httpx.Response) -> bool:
     return response.headers.get("content-type", "").startswith("text/event-stream")
 
 
-def _json_usage(content: bytes) -> Usage | None:
+def _json_usage(content: bytes) -> TokenUsage | None:
     try:
         return usage_of(json.loads(content))
     except (UnicodeDecodeError, json.JSONDecodeError):
