@@ -29,7 +29,6 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator, model
 from computeswarm.jobs import inputs
 from computeswarm.jobs.errors import SpecError
 from computeswarm.jobs.money import MICROS
-from computeswarm.jobs.money import money_text as money_text  # (its old home, re-exported)
 from computeswarm.jobs.spec_parts import (
     MODEL_REF,
     VERSION_REF,

@@ -24,7 +24,8 @@ from computeswarm.cluster.leases.states import MemberState
 from computeswarm.cluster.models import registry as model_registry
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller, SweepTrial
 from computeswarm.jobs import contract
-from computeswarm.jobs.spec import SweepJob, money_text
+from computeswarm.jobs.money import money_text
+from computeswarm.jobs.spec import SweepJob
 from computeswarm.jobs.train.runs import file_hash, spec_hash
 from computeswarm.tune.budget import trial_cost_micros
 

@@ -29,7 +29,8 @@ from computeswarm.cluster.market.orders import ask_for, bid_for, reliability
 from computeswarm.cluster.nodes import sandbox
 from computeswarm.cluster.sellers.states import SellerEvent, SellerState, transition
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Offer, Seller
-from computeswarm.jobs.spec import AnyJob, job_from_record, money_text
+from computeswarm.jobs.money import money_text
+from computeswarm.jobs.spec import AnyJob, job_from_record
 from computeswarm.jobs.states import JobState, job_transition
 
 log = logging.getLogger("computeswarm.scheduler")

@@ -9,18 +9,18 @@ import pytest
 
 from computeswarm.cluster.errors import ApiError
 from computeswarm.cluster.gateway.core import (
-    Admitted,
     InvalidServeRequest,
-    ServeLimiter,
     ServeTarget,
-    SseUsageReader,
-    Throttled,
-    Usage,
     parse_serve_request,
-    retry_after_header,
-    sse_error_event,
-    usage_of,
 )
+from computeswarm.cluster.gateway.limits import (
+    Admitted,
+    ServeLimiter,
+    Throttled,
+    retry_after_header,
+)
+from computeswarm.cluster.gateway.usage import SseUsageReader, sse_error_event, usage_of
+from computeswarm.cluster.gateway.usage import TokenUsage as Usage
 
 pytestmark = pytest.mark.unit
 
