@@ -269,8 +269,10 @@ def market_quote(
     answer = _client(coordinator, api_key).quote(spec.model_dump(mode="json"), explain)
     quote = Quote.model_validate(answer)
     stages = None
-    if quote.matched and spec.kind == "pipeline" and working_dir is not None:
-        stages = answer["stages"] = _pipeline_split(spec, working_dir, quote.sellers)
+    if quote.matched and working_dir is not None:
+        offered = [(s.seller_id, float(s.vram_gb)) for s in quote.sellers]
+        if (stages := spec.stage_split(working_dir, offered)) is not None:
+            answer["stages"] = stages
     if as_json:
         typer.echo(json.dumps(answer))
         return
@@ -294,23 +296,6 @@ def market_quote(
             )
     for seller, reason in quote.rejected.items():
         typer.echo(f"  not {seller}: {reason}")
-
-
-def _pipeline_split(spec, working_dir: Path, sellers) -> list[dict] | None:
-    """Which layers each matched seller would hold, from the model's config.json."""
-    from computeswarm.jobs.train.pipeline_plan import split_table
-
-    config = working_dir / spec.model / "config.json"
-    if not config.exists():
-        return None
-    return split_table(
-        json.loads(config.read_text()),
-        [(s.seller_id, float(s.vram_gb)) for s in sellers],
-        seq_len=spec.training.max_seq_len,
-        batch_size=spec.pipeline.batch_size,
-        micro_batches=spec.pipeline.micro_batches,
-        schedule=spec.pipeline.schedule,
-    )
 
 
 def ledger(

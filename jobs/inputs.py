@@ -15,6 +15,13 @@ def adapter_is_path(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or "/" in ref
 
 
+def relative_dataset(value: str) -> str:
+    """A dataset named in a spec: a file inside the working_dir, never a path out of it."""
+    if value.startswith("/") or ".." in Path(value).parts:
+        raise ValueError(f"{value!r}: the dataset is a file inside the job's working_dir")
+    return value
+
+
 def inside(working_dir: Path, relative: str) -> Path:
     path = (working_dir / relative).resolve()
     if working_dir.resolve() not in path.parents:

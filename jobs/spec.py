@@ -18,6 +18,7 @@ workloads in `jobs/train/`. `sweep` runs many training trials as a Ray Tune expe
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -43,6 +44,7 @@ from computeswarm.jobs.spec_parts import (
     RuntimeEnv,
     SweepScheduler,
     Training,
+    TrialLora,
 )
 from computeswarm.strict import StrictModel, explain
 
@@ -73,9 +75,7 @@ class _TrainingJob(JobBase):
     @field_validator("dataset")
     @classmethod
     def _relative_dataset(cls, value: str) -> str:
-        if value.startswith("/") or ".." in Path(value).parts:
-            raise ValueError(f"{value!r}: the dataset is a file inside the job's working_dir")
-        return value
+        return inputs.relative_dataset(value)
 
     def check_inputs(self, working_dir: Path) -> None:
         inputs.check_dataset(working_dir, self.dataset)
@@ -137,6 +137,22 @@ class PipelineJob(_TrainingJob):
     kind: Literal["pipeline"]
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
 
+    def stage_split(self, working_dir: Path, sellers: list[tuple[str, float]]) -> list[dict] | None:
+        """One stage per seller, from the model's config.json (None without it)."""
+        from computeswarm.jobs.train.pipeline_plan import split_table
+
+        config = Path(working_dir) / self.model / "config.json"
+        if not config.exists():
+            return None
+        return split_table(
+            json.loads(config.read_text()),
+            sellers,
+            seq_len=self.training.max_seq_len,
+            batch_size=self.pipeline.batch_size,
+            micro_batches=self.pipeline.micro_batches,
+            schedule=self.pipeline.schedule,
+        )
+
     @model_validator(mode="before")
     @classmethod
     def _no_zero(cls, data: Any) -> Any:
@@ -177,21 +193,6 @@ class PipelineJob(_TrainingJob):
     @property
     def num_stages(self) -> int:
         return self.pipeline.stages or self.resources.nodes
-
-
-class TrialLora(StrictModel):
-    """What each trial of a LoRA sweep trains: one adapter on one leased GPU."""
-
-    model: str = Field(pattern=MODEL_REF, description="A model folder in the working_dir.")
-    dataset: str = Field(pattern=MODEL_REF, description="JSONL file in the working_dir.")
-    training: Training = Field(default_factory=Training)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    micro_batch: int = Field(8, ge=1, le=4096, description="Samples per step.")
-
-    @field_validator("dataset")
-    @classmethod
-    def _relative_dataset(cls, value: str) -> str:
-        return _TrainingJob._relative_dataset(value)
 
 
 class TrialSpec(StrictModel):

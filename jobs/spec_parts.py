@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from computeswarm.jobs import inputs
 from computeswarm.jobs.money import MICROS
 from computeswarm.strict import StrictModel
 
@@ -146,6 +147,10 @@ class JobBase(StrictModel):
         """The registered model versions it starts from: they must exist, and be the buyer's."""
         return []
 
+    def stage_split(self, working_dir: Path, sellers: list[tuple[str, float]]) -> list[dict] | None:
+        """Which layers each (seller, VRAM GB) would hold, for kinds that split the model."""
+        return None
+
     @property
     def data_file(self) -> str | None:
         """The dataset its weights depend on (its run folder is named after its hash)."""
@@ -238,3 +243,18 @@ class Replicas(StrictModel):
 class RateLimits(StrictModel):
     requests_per_second: float = Field(10, gt=0, le=100_000, description="Per API key.")
     tokens_per_second: float = Field(2000, gt=0, le=10_000_000, description="Per API key.")
+
+
+class TrialLora(StrictModel):
+    """What each trial of a LoRA sweep trains: one adapter on one leased GPU."""
+
+    model: str = Field(pattern=MODEL_REF, description="A model folder in the working_dir.")
+    dataset: str = Field(pattern=MODEL_REF, description="JSONL file in the working_dir.")
+    training: Training = Field(default_factory=Training)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    micro_batch: int = Field(8, ge=1, le=4096, description="Samples per step.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _relative_dataset(cls, value: str) -> str:
+        return inputs.relative_dataset(value)

@@ -22,7 +22,6 @@ from computeswarm.cluster.models import registry as model_registry
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller
 from computeswarm.jobs import contract
 from computeswarm.jobs.spec import LoraJob, PipelineJob, SweepJob, job_from_record
-from computeswarm.jobs.train.pipeline_plan import split_table
 from computeswarm.jobs.train.runs import file_hash, run_name, spec_hash
 
 log = logging.getLogger("computeswarm.training")
@@ -58,6 +57,12 @@ class LoraKind(TrainingKind):
 
 class PipelineKind(TrainingKind):
     name = "pipeline"
+
+    def view(self, db, job: Job, where: Where) -> dict:
+        out = super().view(db, job, where)
+        if out and job.lease_id:
+            out["training"]["stages"] = pipeline_split(db, job, job_from_record(job.spec))
+        return out
 
 
 def run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJob) -> Path:
@@ -167,15 +172,11 @@ def progress(db, job: Job, storage: Path) -> dict:
         out["step"] = int(lines[-1].split()[0]) if lines else 0
     if (folder / contract.RESULT_FILE).exists():
         out["metrics"] = json.loads((folder / contract.RESULT_FILE).read_text())["metrics"]
-    if spec.kind == PipelineKind.name and job.lease_id:
-        out["stages"] = pipeline_split(db, job, spec)
     return out
 
 
 def pipeline_split(db, job: Job, spec: PipelineJob) -> list[dict] | None:
-    config_path = Path(job.upload_path) / spec.model / "config.json"
-    if not config_path.exists():
-        return None
+    """The planned stage split over the lease's sellers (one stage each)."""
     members = db.scalars(
         select(LeaseMember)
         .where(
@@ -190,11 +191,4 @@ def pipeline_split(db, job: Job, spec: PipelineJob) -> list[dict] | None:
         sellers.append((member.seller_id, float(min(g.get("vram_gb", 0) for g in gpus))))
     if len(sellers) != spec.num_stages:
         return None
-    return split_table(
-        json.loads(config_path.read_text()),
-        sellers,
-        seq_len=spec.training.max_seq_len,
-        batch_size=spec.pipeline.batch_size,
-        micro_batches=spec.pipeline.micro_batches,
-        schedule=spec.pipeline.schedule,
-    )
+    return spec.stage_split(Path(job.upload_path), sellers)
