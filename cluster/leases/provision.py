@@ -13,7 +13,13 @@ from sqlalchemy import select
 from computeswarm.cluster.kinds import kind_of
 from computeswarm.cluster.leases import match
 from computeswarm.cluster.leases.context import Leasing, head_of, members
-from computeswarm.cluster.leases.release import fail_alone, lost_member, requeue, start_release
+from computeswarm.cluster.leases.release import (
+    drop,
+    fail_alone,
+    lost_member,
+    requeue,
+    start_release,
+)
 from computeswarm.cluster.leases.states import LeaseState, MemberState, lease_transition
 from computeswarm.cluster.market.book import Match
 from computeswarm.cluster.nodes.ray_nodes import process_start
@@ -105,7 +111,7 @@ def _replace_before_start(ctx: Leasing, db, lease: Lease, lost: LeaseMember, now
     was forming: nothing ran yet, so another seller takes its place, the driver's role
     included; without one the job goes back to the queue rather than failing."""
     job = db.get(Job, lease.job_id)
-    lost.state = MemberState.DROPPED.value
+    drop(db, lost)  # handled once: replaced, or the lease ends
     decision = match.replacement(ctx, db, lease, job, now)
     if not isinstance(decision, Match):
         reason = f"seller {lost.seller_id}'s node failed to join ({decision.reason})"

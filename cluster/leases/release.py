@@ -66,6 +66,15 @@ def driver_lost(ctx: Leasing, db, lease: Lease, job: Job, reason: str) -> None:
         start_release(ctx, db, lease, reason, JobState.FAILED)
 
 
+def drop(db, member: LeaseMember) -> None:
+    """A lost member, handled (replaced, or its lease ends): its seller, if it is still
+    leased (its node failed to start or died, but its agent is there), is free again."""
+    member.state = MemberState.DROPPED.value
+    seller = db.get(Seller, member.seller_id)
+    if seller.state == SellerState.LEASED.value:
+        seller.state = transition(SellerState.LEASED, SellerEvent.RELEASE).value
+
+
 def lost_member(db, lease_id: str) -> LeaseMember | None:
     return db.scalars(
         select(LeaseMember).where(
@@ -166,7 +175,7 @@ def _settle(ctx: Leasing, db, lease: Lease, now: float) -> None:
             if member.attached_at:
                 seller.leases_completed += 1
         elif member.state == MemberState.LOST.value:
-            member.state = MemberState.DROPPED.value
+            drop(db, member)
         seconds = ledger.metered_seconds(member.attached_at, member.detached_at)
         if seconds:
             usages.append(

@@ -16,6 +16,7 @@ from computeswarm.cluster.leases.context import Leasing, head_of, members
 from computeswarm.cluster.leases.ray_jobs import DRIVER_NODE_LOST
 from computeswarm.cluster.leases.release import (
     driver_lost,
+    drop,
     fail_alone,
     lost_member,
     start_release,
@@ -108,7 +109,7 @@ def _lose_vanished_members(db, now: float) -> None:
 
 def _repair_or_fail(ctx: Leasing, db, lease: Lease, lost: LeaseMember, now: float) -> None:
     job = db.get(Job, lease.job_id)
-    lost.state = MemberState.DROPPED.value  # handled once: replaced, or the lease ends
+    drop(db, lost)  # handled once: replaced, or the lease ends
     if lost.driver:
         reason = f"seller {lost.seller_id} (running the job's driver) was lost"
         driver_lost(ctx, db, lease, job, reason)

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from computeswarm.jobs import contract
+
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -142,7 +144,7 @@ def seller_node_env(ip: str) -> dict[str, str]:
     `COMPUTESWARM_NODE_IP` lets a driver attach to its own node: Ray finds "local" raylets
     with `ps`, which on a one-machine testbed also shows the head's, and prefers that one.
     """
-    out = {"COMPUTESWARM_NODE_IP": ip}
+    out = {contract.NODE_IP: ip}
     interface = interface_of(ip)
     if interface is not None:
         out |= {"GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": interface}

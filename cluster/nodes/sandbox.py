@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from computeswarm.jobs import contract
 from computeswarm.tunnel.backends.base import Capability
 
 # Lease uids: far above any uid a distribution hands out, one per lease port block, the
@@ -44,7 +45,7 @@ KEPT_ENV_PREFIXES = (
     "CUDA_",
     "NCCL_",
     "GLOO_",
-    "COMPUTESWARM_NODE_IP",
+    contract.NODE_IP,
     "LANG",
     "LC_",
     "TZ",

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from computeswarm.cluster.accounts.roles import authenticate
 from computeswarm.cluster.leases.ray_jobs import JobInfo
 from computeswarm.cluster.leases.states import LeaseState, MemberState
+from computeswarm.cluster.sellers.registry import report_workers
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller
 from computeswarm.jobs.spec import parse_job_spec
 
@@ -220,6 +221,29 @@ def test_a_node_failing_to_join_a_forming_lease_is_replaced_or_the_job_requeued(
         else:
             assert job.state == "pending" and "node failed to join" in job.reason, job.reason
             assert lease.state == "closed" and driver in lease.reason
+
+
+def test_a_seller_whose_node_failed_is_free_again_once_it_is_replaced(sqlite_head, tmp_path):
+    """A seller reporting its Ray node failed (its agent still heartbeating) stayed
+    `leased` for good after its place was taken: it never sold again (seen in CI)."""
+    head = sqlite_head
+    quiet(head)
+    _, (_, other), _, _ = running_sweep(head, tmp_path)
+    spare = head.enroll("spare")
+    auth = head.auth(spare["api_key"])
+    url = f"/v1/sellers/{spare['seller_id']}"
+    assert head.http.put(f"{url}/offer", headers=auth, json={"price_per_gpu_hour": "0.5"})
+    gpus = [{"model": "RTX4090", "vram_gb": 24, "simulated": True}]
+    assert head.http.post(f"{url}/heartbeat", headers=auth, json={"gpus": gpus}).is_success
+    with head.coordinator.store.transaction() as db:
+        db.get(Lease, "l-sweep").state = LeaseState.PROVISIONING.value
+        db.get(Job, "j-sweep").state = "scheduled"
+        report_workers(db, other, {"l-sweep": "failed"}, head.clock())
+    tick_at(head, head.clock() + 1)
+    with head.coordinator.store.transaction() as db:
+        assert members(head)[other].state == "dropped"
+        assert db.get(Seller, other).state == "online"  # sells again
+        assert db.get(Seller, spare["seller_id"]).state == "leased"  # took its place
 
 
 @pytest.mark.parametrize(
