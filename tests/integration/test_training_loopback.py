@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from computeswarm.jobs.states import JobState
 from computeswarm.jobs.train.data import synthetic_addition
 from computeswarm.jobs.train.tiny import make_tiny_model
 from computeswarm.jobs.upload import pack_working_dir
@@ -33,6 +34,22 @@ def swarm(tmp_path_factory):
     root = tmp_path_factory.mktemp("training-swarm")
     sellers = {name: ("RTX4090:24GB:1", price) for name, price in SELLERS.items()}
     yield from loopback_swarm(root, sellers, "trainer", 3)
+
+
+@pytest.fixture(autouse=True)
+def no_job_left_running(swarm):
+    """A test that fails mid-job must not hold the sellers the next tests need: its jobs
+    are cancelled and their sellers freed before the next test starts."""
+    yield
+    left = [j for j in swarm.buyer.jobs() if not JobState(j["state"]).is_terminal]
+    for job in left:
+        swarm.buyer.cancel_job(job["id"])
+    if left:
+        _until(
+            lambda: not any(s["state"] == "leased" for s in swarm.admin.sellers()),
+            "no seller leased",
+            120,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +153,9 @@ def test_a_later_job_starts_from_a_registered_version(swarm, workdir):
     assert metrics["base_eval_loss"] == pytest.approx(first["metrics"]["eval_loss"], rel=1e-3)
 
 
+# Its waits add up to more than the default 300 s on a slow machine (a lease to form, 14
+# DeepSpeed steps, a replacement to join, 46 more steps).
+@pytest.mark.timeout(900)
 def test_a_killed_seller_is_replaced_and_training_resumes_from_the_last_checkpoint(swarm, workdir):
     _until(lambda: sum(s["state"] == "online" for s in swarm.admin.sellers()) == 3, "online")
     spec = lora("resumer", 60, training=lora("x", 60)["training"] | {"checkpoint_every": 10})
