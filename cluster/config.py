@@ -75,6 +75,31 @@ class MarketConfig(StrictModel):
     )
 
 
+class StorageConfig(StrictModel):
+    endpoint: str | None = Field(
+        None,
+        description="An S3 service's URL (MinIO, Ceph RGW, a JuiceFS cluster); default: the "
+        "embedded store, started by the coordinator on the hub's overlay address.",
+    )
+    port: int = Field(
+        9900, ge=0, le=65535, description="The embedded store's port (0: any free port)."
+    )
+    bucket: str = Field("computeswarm", description="The bucket every artifact lives in.")
+    access_key: str | None = Field(None, description="Root access key of `endpoint`.")
+    secret_key: str | None = Field(None, description="Its secret (set it by environment).")
+    quota_bytes_per_account: int = Field(
+        2 * 1024**3, ge=0, description="Per buyer: bytes in the store before submissions stop."
+    )
+
+    @model_validator(mode="after")
+    def _endpoint_has_keys(self) -> StorageConfig:
+        if self.endpoint and not (self.access_key and self.secret_key):
+            raise ValueError("storage.endpoint needs storage.access_key and storage.secret_key")
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError("storage.endpoint must be a URL: http(s)://host:port")
+        return self
+
+
 class CoordinatorConfig(StrictModel):
     state_dir: Path = Field(
         Path("/var/lib/computeswarm/coordinator"), description="Keys, the SQLite store, logs."
@@ -93,6 +118,7 @@ class CoordinatorConfig(StrictModel):
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     market: MarketConfig = Field(default_factory=MarketConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     invite_ttl_s: float = Field(24 * 3600, gt=0, description="Default invite lifetime.")
 
     @property

@@ -28,9 +28,10 @@ from computeswarm.cluster.leases.heads import Heads
 from computeswarm.cluster.leases.ray_jobs import RayJobs
 from computeswarm.cluster.leases.scheduler import LeaseScheduler
 from computeswarm.cluster.leases.states import ACTIVE_LEASE_STATES, ACTIVE_MEMBER_STATES, values
-from computeswarm.cluster.metrics import SellerCollector, api_latency
+from computeswarm.cluster.metrics import SellerCollector, StorageCollector, api_latency
 from computeswarm.cluster.nodes import sandbox
 from computeswarm.cluster.nodes.ray_nodes import become_subreaper
+from computeswarm.cluster.objects.plane import ObjectPlane
 from computeswarm.cluster.sellers import registry
 from computeswarm.cluster.sellers.states import SellerState
 from computeswarm.cluster.services.jobs import JobsService
@@ -80,6 +81,8 @@ class Coordinator:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.objects = ObjectPlane(config.storage, config.state_dir / "objects")
+        self.metrics.register(StorageCollector(self.objects.bytes_by_account))
         self.scheduler = LeaseScheduler(
             Leasing(
                 self.store,
@@ -91,6 +94,7 @@ class Coordinator:
                 Heads(config.state_dir, self.head_ip, config.market.ray_system_config),
                 RayJobs(self.head_ip, config.state_dir / "jobs"),
                 on_sale=self.record_sale,
+                objects=self.objects,
             ),
             sync_fence=self.sync_fence,
         )
@@ -102,6 +106,7 @@ class Coordinator:
             self.scheduler.ctx.where,
             self.scheduler,
             self.wake_scheduler,
+            stored=self.objects,
         )
         # Buyers' serve jobs, behind /v1/serve/<job>/v1.
         self.gateway = StoreBackend(self.store, clock, self.storage_root, self.head_ip)
@@ -125,6 +130,8 @@ class Coordinator:
         self.hub_keys = KeyStore(self.config.state_dir / "hub").load_or_create()
         self._start_hub()
         self.sync_hub()
+        self.objects.start(self.head_ip())
+        self.objects.revoke_all_but(self.active_lease_ids())  # a crash's leftover keys
         for lease_id in self.scheduler.stop_orphaned_heads():
             log.warning("stopped the head of lease %s, left by a previous run", lease_id)
         for target, name in ((self._health_loop, "health"), (self._scheduler_loop, "scheduler")):
@@ -136,6 +143,7 @@ class Coordinator:
         self.stop_loops()
         self.scheduler.stop_all()
         self.gateway.flush()  # queued metering is written before the store closes
+        self.objects.stop()
         if self.hub:
             self.hub.stop()
             self.hub = None
@@ -203,7 +211,7 @@ class Coordinator:
             overlay.listen_port,
             placement,
             public_tcp_ports=(self.config.listen_port,),
-            overlay_tcp_ports=(self.config.listen_port,),
+            overlay_tcp_ports=(self.config.listen_port, *self.objects.overlay_ports),
             fenced_uids=sandbox.UID_RANGE,
         )
         self.backend_name = backend.name
@@ -312,27 +320,36 @@ class Coordinator:
     def readiness(self) -> dict[str, str]:
         """Each dependency's status: 'ok' or what is wrong."""
         checks = {}
-        try:
-            self.store.ping()
-            checks["store"] = "ok"
-        except Exception as e:  # readiness reports, it does not raise
-            checks["store"] = f"{type(e).__name__}: {e}"
-        try:
-            if self.hub is None:
-                raise SystemError_("hub not started")
-            self.hub.tunnel.peers()
-            checks["hub"] = "ok"
-        except Exception as e:
-            checks["hub"] = f"{type(e).__name__}: {e}"
+        for name, probe in (
+            ("store", self.store.ping),
+            ("hub", self._ping_hub),
+            ("objects", self.objects.ping),
+        ):
+            try:
+                probe()
+                checks[name] = "ok"
+            except Exception as e:  # readiness reports, it does not raise
+                checks[name] = f"{type(e).__name__}: {e}"
         return checks
+
+    def _ping_hub(self) -> None:
+        if self.hub is None:
+            raise SystemError_("hub not started")
+        self.hub.tunnel.peers()
+
+    def active_lease_ids(self) -> set[str]:
+        with self.store.transaction() as db:
+            query = select(Lease.id).where(Lease.state.in_(values(ACTIVE_LEASE_STATES)))
+            return set(db.scalars(query))
 
     def _health_loop(self) -> None:
         period = min(1.0, self.config.heartbeat.interval_s / 2)
         while not self._stop.wait(period):
             try:
                 self.check_heartbeats()
+                self.objects.tend(self.active_lease_ids)
             except Exception:  # keep watching; the next round retries
-                log.exception("heartbeat check failed")
+                log.exception("health check failed")
 
     def sync_fence(self) -> None:
         """Each active lease is a group: its members reach each other and its head's ports,

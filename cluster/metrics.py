@@ -6,6 +6,7 @@ Each coordinator has its own registry (several can run in one test process).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 
@@ -59,6 +60,30 @@ class SellerCollector(Collector):
             gpus.add_metric([model, simulated], count)
         lag.add_metric([], 0.0 if oldest is None else max(0.0, self.clock() - oldest))
         yield from (by_state, gpus, lag)
+
+
+class StorageCollector(Collector):
+    """Bytes each account keeps in the object store (storage is a cost the buyer sees):
+    one listing of the bucket per scrape, at most every `every_s`."""
+
+    def __init__(self, bytes_by_account: Callable[[], dict[str, int]], every_s: float = 15.0):
+        self.bytes_by_account, self.every_s = bytes_by_account, every_s
+        self._last: tuple[float, dict[str, int]] = (-every_s, {})
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = time.monotonic()
+        if now - self._last[0] >= self.every_s:
+            # A store that is down shows in /readyz; the last figures stay.
+            with contextlib.suppress(Exception):
+                self._last = (now, self.bytes_by_account())
+        stored = GaugeMetricFamily(
+            "computeswarm_storage_bytes",
+            "Bytes in the object store, by account.",
+            labels=["account"],
+        )
+        for account, size in sorted(self._last[1].items()):
+            stored.add_metric([account], size)
+        yield stored
 
 
 def api_latency(registry: CollectorRegistry) -> Histogram:

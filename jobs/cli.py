@@ -320,6 +320,10 @@ def ledger(
     typer.echo("balances:")
     for account_name, amount in view.balances.items():
         typer.echo(f"  {account_name:<30} {amount:>14}")
+    if view.storage_bytes:
+        typer.echo("stored in the object store:")
+        for account_name, size in view.storage_bytes.items():
+            typer.echo(f"  {account_name:<30} {size:>14} bytes")
 
 
 def _load_spec(spec_file: Path | None, template: str | None, sets: list[str], base: Path | None):

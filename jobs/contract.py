@@ -28,6 +28,11 @@ ADAPTERS = "COMPUTESWARM_ADAPTERS"  # serve: JSON {served name: absolute adapter
 SERVE_HOST = "COMPUTESWARM_SERVE_HOST"  # serve: where Serve's HTTP proxy listens
 SERVE_PORT = "COMPUTESWARM_SERVE_PORT"  # serve: its port (in the lease's own block)
 SERVE_PROXY = "COMPUTESWARM_SERVE_PROXY"  # serve: HeadOnly | EveryNode | Disabled
+# The object store, with the lease's own key in the standard AWS_* variables: its keys
+# reach only the lease's prefixes, and stop working when the lease ends.
+S3_ENDPOINT = "COMPUTESWARM_S3_ENDPOINT"  # http://<hub overlay address>:<port>
+S3_BUCKET = "COMPUTESWARM_S3_BUCKET"
+S3_PREFIX = "COMPUTESWARM_S3_PREFIX"  # the prefix the lease writes to: <account>/jobs/<job>/
 
 # -- what a driver reads and writes -----------------------------------------------------------
 SPEC_FILE = "computeswarm-job.json"  # the validated spec, written into the working_dir

@@ -180,6 +180,9 @@ class LedgerEntryView(ResponseModel):
 
 
 class LedgerView(ResponseModel):
+    storage_bytes: dict[str, int] = Field(
+        default_factory=dict, description="Bytes each account keeps in the object store."
+    )
     balances: dict[str, str] = Field(default_factory=dict)
     balances_micros: dict[str, int] = Field(default_factory=dict)
     entries: list[LedgerEntryView] = Field(default_factory=list)

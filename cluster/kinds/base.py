@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from computeswarm.cluster.objects.layout import Grant, job_prefix
 from computeswarm.cluster.store.models import Job, Lease
 from computeswarm.jobs.spec import AnyJob
 
@@ -43,6 +44,11 @@ class JobKind:
     def lease_files(self, db, job: Job, spec: AnyJob, where: Where) -> dict[str, list[str]]:
         """Host folders its lease's sandboxes see, beyond the upload: {"read", "write"}."""
         return {"read": [], "write": []}
+
+    def object_grant(self, db, job: Job, spec: AnyJob, where: Where) -> Grant:
+        """The store prefixes its lease's key reaches: by default, the job's own prefix
+        (read and write), where a driver keeps what must outlive its sellers."""
+        return Grant(write=(job_prefix(job.account_id, job.id),))
 
     def render(self, db, job: Job, spec: AnyJob, lease: Lease, where: Where) -> RayJob:
         """The Ray job to submit once every member has attached."""

@@ -14,6 +14,7 @@ from computeswarm.cluster.leases.heads import Heads
 from computeswarm.cluster.leases.ray_jobs import Head, RayJobs
 from computeswarm.cluster.leases.states import ACTIVE_MEMBER_STATES, values
 from computeswarm.cluster.ledger.journal import Usage
+from computeswarm.cluster.objects.plane import ObjectPlane
 from computeswarm.cluster.store.db import Store
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember
 from computeswarm.jobs.states import JobState, job_transition
@@ -31,6 +32,7 @@ class Leasing:
     ray_jobs: RayJobs
     on_sale: Callable[[list[Usage]], None]  # metrics of settled GPU time
     loopback: bool = False  # the `none` backend: no real overlay addresses
+    objects: ObjectPlane | None = None  # the object store; each lease gets a key of its own
 
     def where(self) -> Where:
         return Where(self.storage, self.models, self.head_ip())

@@ -135,14 +135,19 @@ def submit(ctx: Leasing, lease_id: str, now: float) -> None:
         if ctx.ray_jobs.client(head) is None:
             return  # the head's dashboard is not up yet: next tick
         try:
-            ray_job = kind_of(job).render(db, job, spec, lease, ctx.where())
+            kind = kind_of(job)
+            ray_job = kind.render(db, job, spec, lease, ctx.where())
+            grant = kind.object_grant(db, job, spec, ctx.where())
         except ComputeSwarmError as e:
             start_release(ctx, db, lease, f"cannot start the job: {e}", JobState.FAILED)
             return
+    # The lease's own store key (network, so outside the transaction); revoked at release.
+    store_env = ctx.objects.issue(lease_id, grant) if ctx.objects else {}
     runtime_env: dict = {
         "env_vars": {
             **spec.runtime_env.env_vars,
             **ray_job.env_vars,
+            **store_env,
             contract.JOB_ID: job_id,
             contract.LEASE_ID: lease_id,
         }

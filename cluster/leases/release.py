@@ -119,6 +119,8 @@ def release(ctx: Leasing, now: float) -> None:
         _guarded(lease_id, "saving the log", _save_log, ctx, head, job_id)
         _guarded(lease_id, "reading the last records", _last_records, ctx, job_id)
         _guarded(lease_id, "registering the model", _register_model, ctx, job_id)
+        if ctx.objects:  # a key left by a failure here is revoked by the next sweep
+            _guarded(lease_id, "revoking its store key", ctx.objects.revoke, lease_id)
         try:
             with ctx.store.transaction() as db:
                 _settle(ctx, db, db.get(Lease, lease_id), ctx.clock())

@@ -10,13 +10,13 @@ import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import func, select
 
 from computeswarm.cluster.accounts.roles import Caller, Role
 from computeswarm.cluster.config import MarketConfig
-from computeswarm.cluster.errors import ApiError, Conflict, NotFound
+from computeswarm.cluster.errors import ApiError, Busy, Conflict, NotFound
 from computeswarm.cluster.kinds import kind_of
 from computeswarm.cluster.kinds import sweep as sweep_jobs
 from computeswarm.cluster.kinds.base import Where
@@ -37,6 +37,16 @@ if TYPE_CHECKING:
     from computeswarm.cluster.leases.scheduler import LeaseScheduler
 
 
+class StoredBytes(Protocol):
+    """The object store as job submission and the ledger see it."""
+
+    quota: int
+
+    def bytes_of(self, account_id: str) -> int: ...
+
+    def bytes_by_account(self) -> dict[str, int]: ...
+
+
 class JobsService:
     def __init__(
         self,
@@ -47,12 +57,14 @@ class JobsService:
         where: Callable[[], Where],
         scheduler: LeaseScheduler,
         wake_scheduler: Callable[[], None],
+        stored: StoredBytes | None = None,
     ):
         self.store, self.clock, self.market = store, clock, market
         self.uploads = uploads  # <uploads>/<job>/working_dir
         self.where = where  # job storage, model versions, the lease heads' address
         self.scheduler = scheduler
         self.wake_scheduler = wake_scheduler
+        self.stored = stored  # bytes each account keeps in the object store, and its quota
 
     def submit(self, caller: Caller, spec_data: dict, working_dir_zip: bytes | None) -> dict:
         caller.require(Role.BUYER, Role.ADMIN)
@@ -62,6 +74,7 @@ class JobsService:
                 "runtime_env.working_dir is set but no folder was uploaded "
                 "(`computeswarm submit` uploads it for you)"
             )
+        self._check_storage_quota(caller)
         job_id = f"j-{secrets.token_hex(6)}"
         upload, upload_bytes = None, None
         # Nothing reaches the disk from a buyer who could not pay for the job, or past the
@@ -108,6 +121,21 @@ class JobsService:
             db.add(job)
         self.wake_scheduler()
         return self.view(caller, job_id)
+
+    def _check_storage_quota(self, caller: Caller) -> None:
+        """A buyer at its object-store quota submits nothing more that would write there;
+        a store that cannot be asked refuses for now (retry), it does not wave jobs by."""
+        if self.stored is None or caller.role is not Role.BUYER:
+            return
+        try:
+            used = self.stored.bytes_of(caller.account_id)
+        except Exception as e:
+            raise Busy(f"the object store is unreachable ({type(e).__name__}); retry soon") from e
+        if used >= self.stored.quota:
+            raise ApiError(
+                f"storage quota reached: {used} of {self.stored.quota} bytes in the object "
+                "store; delete old model versions or runs, or ask the operator for more"
+            )
 
     def _upload_room(self, caller: Caller, escrow_micros: int) -> int:
         """Bytes this buyer may still unpack; refuses a buyer who cannot fund the escrow."""
@@ -292,6 +320,7 @@ class JobsService:
             for e in entries:
                 balances[e.account] = balances.get(e.account, 0) + e.amount_micros
             return {
+                "storage_bytes": self._storage_view(caller, account),
                 "balances": {a: money_text(v) for a, v in sorted(balances.items())},
                 "balances_micros": dict(sorted(balances.items())),
                 "entries": [
@@ -307,6 +336,18 @@ class JobsService:
                     for e in entries
                 ],
             }
+
+    def _storage_view(self, caller: Caller, account: str | None) -> dict[str, int]:
+        """Bytes in the object store: the buyer's own; any account's for admins."""
+        if self.stored is None or caller.role is Role.SELLER:
+            return {}
+        try:
+            if caller.role is Role.BUYER:
+                return {caller.account_id: self.stored.bytes_of(caller.account_id)}
+            every = self.stored.bytes_by_account()
+        except Exception:  # the ledger answers without it; /readyz says why
+            return {}
+        return {account: every.get(account, 0)} if account else every
 
     def deposit(self, caller: Caller, account_id: str, micros: int) -> dict:
         caller.require(Role.ADMIN)

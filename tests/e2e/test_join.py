@@ -106,10 +106,7 @@ def swarm(tmp_path_factory):
         swarm = Swarm(bed, state)
         for name in ("s1", "s2", "s3"):
             bed.workload_namespace(name)  # the testbed owns (and removes) them
-        deadline = time.monotonic() + 60
-        while not (state / "head" / "admin.key").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        swarm.wait_for(lambda s: True, "the coordinator", timeout=60)
+        _until_ready(swarm)
         for name in ("s1", "s2"):
             invite = json.loads(swarm.admin("invite", "create", "--json"))["invite"]
             swarm.join(name, invite)
@@ -120,6 +117,23 @@ def swarm(tmp_path_factory):
             "both online",
         )
         yield swarm
+
+
+def _until_ready(swarm: Swarm, timeout: float = 60.0) -> None:
+    """The admin key is written before the coordinator answers (the object store and the
+    API come up after it): wait for the API itself."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if (swarm.state / "head" / "admin.key").exists():
+                swarm.sellers()
+                return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError("the coordinator wrote no admin key in time")
+        time.sleep(0.2)
 
 
 def test_both_sellers_join_online_with_offers(swarm):
@@ -147,6 +161,39 @@ def test_coordinator_api_is_reachable_over_the_overlay(swarm):
         # ...and the workload cannot take the underlay route to it.
         done = netns.run([sys.executable, "-c", code, swarm.url], netns=work, check=False)
         assert done.returncode != 0
+
+
+def test_the_object_store_answers_on_the_overlay_and_its_port_is_closed_on_the_underlay(swarm):
+    """The embedded store listens on the hub's overlay address: a seller's workload reaches
+    it through the tunnel; nothing reaches its port from the underlay."""
+    store = 9900  # storage.port's default
+    code = (
+        "import httpx,sys\n"
+        "try: print(httpx.get(sys.argv[1] + '/minio/health/live', timeout=3).status_code)\n"
+        "except httpx.HTTPError as e: print('unreachable', type(e).__name__)"
+    )
+    for name in ("s1", "s2"):
+        work = f"cs-{swarm.bed.run_id}-{name}-w"
+        done = netns.run([sys.executable, "-c", code, f"http://10.90.0.1:{store}"], netns=work)
+        assert done.stdout.strip() == "200", done.stdout
+    hub = swarm.hub.ip
+    seller_box = swarm.bed.host("s1").netns
+    # The hub's underlay address, and its overlay address by way of the underlay (the
+    # seller's box, outside its workload's namespace, routes it there).
+    for url in (f"http://{hub}:{store}", f"http://10.90.0.1:{store}"):
+        done = netns.run([sys.executable, "-c", code, url], netns=seller_box)
+        assert done.stdout.startswith("unreachable"), (url, done.stdout)
+    ready = json.loads(
+        netns.run(
+            [
+                sys.executable,
+                "-c",
+                "import httpx;print(httpx.get('http://127.0.0.1:8443/readyz').text)",
+            ],
+            netns=swarm.hub.netns,
+        ).stdout
+    )
+    assert ready["checks"]["objects"] == "ok", ready
 
 
 def test_killed_agent_goes_offline_and_comes_back_with_the_same_address(swarm):

@@ -113,6 +113,7 @@ def make_head(tmp_path: Path, database_url: str | None = None, **overrides) -> H
             "state_dir": str(tmp_path / "head"),
             "database_url": database_url,
             "overlay.interface": "cstest",
+            "storage.port": 0,  # tests' heads may overlap; a real head keeps its 9900
             **overrides,
         },
     )

@@ -135,16 +135,19 @@ def test_health_readiness_and_metrics(sqlite_head):
     heartbeat(head, seller)
     assert head.http.get("/healthz").json() == {"status": "ok"}
     ready = head.http.get("/readyz").json()
-    assert ready == {"ready": True, "checks": {"store": "ok", "hub": "ok"}}
+    assert ready == {"ready": True, "checks": {"store": "ok", "hub": "ok", "objects": "ok"}}
     # M4: the metrics name every seller and its public key: admins only.
     assert head.http.get("/metrics").status_code == 401
     buyer = head.account("buyer")
     assert head.http.get("/metrics", headers=head.auth(buyer)).status_code in (403, 404)
     assert head.http.get("/metrics", headers=head.auth(seller["api_key"])).status_code in (403, 404)
+    # Bytes each account keeps in the object store (the real one, on the head).
+    head.coordinator.objects.store.put_bytes("acctX/jobs/j1/out.bin", b"x" * 321)
     text = head.http.get("/metrics", headers=head.admin).text
     assert 'computeswarm_sellers{state="online"} 1.0' in text
     assert 'computeswarm_gpus_online{model="RTX4090",simulated="true"} 1.0' in text
     assert "computeswarm_heartbeat_lag_seconds" in text
+    assert 'computeswarm_storage_bytes{account="acctX"} 321.0' in text
     assert (
         'computeswarm_api_request_seconds_count{method="POST",route="/v1/enroll",'
         'status="200"}' in text

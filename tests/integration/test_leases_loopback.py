@@ -125,6 +125,7 @@ def loopback_swarm(root, sellers: dict[str, tuple[str, str]], buyer: str, timeou
         "COMPUTESWARM_HEAD__HEARTBEAT__INTERVAL_S": "0.5",
         "COMPUTESWARM_HEAD__HEARTBEAT__TIMEOUT_S": str(timeout_s),
         "COMPUTESWARM_HEAD__OVERLAY__INTERFACE": f"csl{swarm.port}",
+        "COMPUTESWARM_HEAD__STORAGE__PORT": "0",
     }
     head = [*CS, "head", "up", "--state-dir", str(root / "head"), "--port", str(swarm.port)]
     try:
@@ -242,6 +243,63 @@ def test_a_closed_lease_leaves_no_temp_dir_of_its_head_or_its_workers(swarm):
     assert done["state"] == "succeeded", done
     left = _until_none(lambda: list(RAY_TEMP_ROOT.glob(f"{lease}*")), timeout=30)
     assert left == [], f"left behind: {left}"
+
+
+STORE_PROBE = """
+import os, boto3, botocore
+s3 = boto3.client("s3", config=botocore.config.Config(s3={"addressing_style": "path"}))
+bucket, prefix = os.environ["COMPUTESWARM_S3_BUCKET"], os.environ["COMPUTESWARM_S3_PREFIX"]
+s3.put_object(Bucket=bucket, Key=prefix + "result.txt", Body=b"written on a seller")
+for key in ("other-buyer/jobs/x/secret.txt", prefix.split("/")[0] + "/jobs/other-job/x"):
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+        print("WROTE", key)
+    except botocore.exceptions.ClientError as e:
+        print("REFUSED", e.response["Error"]["Code"])
+print("KEY", os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"], prefix)
+"""
+
+
+def test_a_lease_writes_its_own_prefix_in_the_store_and_its_key_dies_with_it(swarm, tmp_path):
+    """Each lease gets an access key of its own: the job writes under its prefix, is refused
+    elsewhere (another buyer's, or its buyer's other jobs), and the key is revoked once
+    the lease is over. The root key never reaches a lease."""
+    from botocore.exceptions import ClientError
+
+    from computeswarm.cluster.objects.client import ObjectStore, s3_client
+    from computeswarm.cluster.objects.server import Credentials
+    from computeswarm.jobs.upload import pack_working_dir
+
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "probe.py").write_text(STORE_PROBE)
+    spec = job("store", "python probe.py", "RTX4090:24GB:1", 1) | {
+        "runtime_env": {"working_dir": ".", "env_vars": {"AWS_ACCESS_KEY_ID": "spoofed"}}
+    }
+    submitted = swarm.buyer.submit_job(spec, pack_working_dir(tmp_path / "job", 2**22))
+    done = _settled(
+        swarm,
+        _until(lambda: _state(swarm, submitted["id"], "succeeded", "failed"), "end", 150)["id"],
+    )
+    logs = _until(lambda: (c := swarm.buyer.job_logs(done["id"]))["done"] and c, "logs")["text"]
+    assert done["state"] == "succeeded", logs[-2000:]
+    assert logs.count("REFUSED AccessDenied") == 2 and "WROTE" not in logs, logs[-2000:]
+    _, access, secret, prefix = next(
+        line for line in logs.splitlines() if line.startswith("KEY")
+    ).split()
+    root = json.loads((swarm.root / "head" / "objects" / "root.json").read_text())
+    assert access == f"lease-{done['lease']['id']}" and secret != root["secret_key"]
+    assert prefix.split("/")[1:] == ["jobs", done["id"], ""], prefix
+
+    endpoint = next(
+        line.split("object store up at ")[1].split()[0]
+        for line in (swarm.root / "head.log").read_text().splitlines()
+        if "object store up at" in line
+    )
+    store = ObjectStore(endpoint, Credentials(**root), "computeswarm")
+    assert store.get_bytes(prefix + "result.txt") == b"written on a seller"
+    dead = s3_client(endpoint, Credentials(access, secret))
+    with pytest.raises(ClientError, match="InvalidAccessKeyId"):
+        dead.get_object(Bucket="computeswarm", Key=prefix + "result.txt")
 
 
 def _until_none(probe, timeout: float):
