@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+from collections import Counter
 from pathlib import Path
 
 from sqlalchemy import select
@@ -34,6 +35,7 @@ from computeswarm.jobs.spec import AnyJob, job_from_record
 from computeswarm.jobs.states import JobState, job_transition
 
 log = logging.getLogger("computeswarm.scheduler")
+JOIN_TRIES = 3  # per seller and lease: node starts that may fail before it is passed over
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,13 +175,21 @@ def asks_now(db, now: float) -> list:
 
 
 def replacement(ctx: Leasing, db, lease: Lease, job: Job, now: float):
-    """The market's pick of one seller for `job`'s lease, from sellers not yet in it."""
-    members = {
-        m.seller_id for m in db.scalars(select(LeaseMember).where(LeaseMember.lease_id == lease.id))
-    }
-    asks = [a for a in asks_now(db, now) if a.seller_id not in members]
+    """The market's pick of one seller for `job`'s lease, from sellers not in it: never one
+    it lost after its node had joined; one whose node only failed to start (a raylet that
+    timed out on a loaded head, the seller still there) may try again, a few times."""
+    history = list(db.scalars(select(LeaseMember).where(LeaseMember.lease_id == lease.id)))
+    excluded = {m.seller_id for m in history if not _failed_join(m)}
+    tries = Counter(m.seller_id for m in history if _failed_join(m))
+    excluded |= {seller for seller, n in tries.items() if n >= JOIN_TRIES}
+    asks = [a for a in asks_now(db, now) if a.seller_id not in excluded]
     single = dataclasses.replace(bid_for(job.id, job_from_record(job.spec)), nodes=1)
     return OrderBook(asks, now, ctx.market.fee_bps).place(single)
+
+
+def _failed_join(member: LeaseMember) -> bool:
+    """A member dropped before its node ever joined."""
+    return member.state == MemberState.DROPPED.value and member.attached_at is None
 
 
 def assign(db, lease_id: str, allocation, *, driver: bool, now: float) -> Seller:

@@ -195,4 +195,4 @@ def _shortfall(bid: Bid, found: int) -> str:
 
 
 def _money(micros: int) -> str:
-    return money_text(micros, trim=True)  # prices as sellers and buyers write them
+    return money_text(micros)

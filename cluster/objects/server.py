@@ -12,6 +12,8 @@ underlay never does.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -29,6 +31,7 @@ from computeswarm.errors import SystemError_
 
 log = logging.getLogger("computeswarm.objects")
 VOLUME = "computeswarm"
+PR_SET_PDEATHSIG = 1
 START_TIMEOUT_S = 30.0
 
 
@@ -88,6 +91,7 @@ class EmbeddedObjectStore:
                 "0",  # deleted objects are gone: a quota counts what is there
             )
         port = port or _free_port(host)
+        _wait_until_free(host, port)  # a store killed with its coordinator may still be exiting
         env = os.environ | {
             "MINIO_ROOT_USER": credentials.access_key,
             "MINIO_ROOT_PASSWORD": credentials.secret_key,
@@ -111,7 +115,12 @@ class EmbeddedObjectStore:
         ]
         with open(self.root / "gateway.out", "ab") as out:
             self.process = subprocess.Popen(
-                argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                argv,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self.endpoint = f"http://{_url_host(host)}:{port}"
         self._wait_ready(host, port)
@@ -157,6 +166,13 @@ class EmbeddedObjectStore:
         raise SystemError_(f"the object store did not answer on {host}:{port} in time")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: a coordinator killed hard (SIGKILL, OOM) takes its store
+    down with it, so the next start finds its port free and no orphan is left."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def _answers(endpoint: str) -> bool:
     """MinIO's liveness endpoint: 200 once IAM is initialised."""
     import httpx
@@ -165,6 +181,23 @@ def _answers(endpoint: str) -> bool:
         return httpx.get(f"{endpoint}/minio/health/ready", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _wait_until_free(host: str, port: int, timeout_s: float = 10.0) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket(family) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+                return
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise SystemError_(
+                        f"the object store's port {host}:{port} is taken: {e}"
+                    ) from e
+        time.sleep(0.2)
 
 
 def _free_port(host: str) -> int:

@@ -171,7 +171,7 @@ def seller_view(seller: Seller, offer: Offer | None, caller: Caller) -> SellerVi
 
 def offer_view(offer: Offer) -> OfferView:
     return OfferView(
-        price_per_gpu_hour=money_text(offer.price_per_gpu_hour_micros, trim=True),
+        price_per_gpu_hour=money_text(offer.price_per_gpu_hour_micros),
         price_per_gpu_hour_micros=offer.price_per_gpu_hour_micros,
         available_from=offer.available_from,
         available_until=offer.available_until,

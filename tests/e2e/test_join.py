@@ -140,7 +140,7 @@ def test_both_sellers_join_online_with_offers(swarm):
     sellers = swarm.sellers()
     s1, s2 = sellers["s1"], sellers["s2"]
     assert {s1["address"], s2["address"]} == {"10.90.0.2", "10.90.0.3"}
-    assert s1["offer"]["price_per_gpu_hour"] == "0.4"
+    assert s1["offer"]["price_per_gpu_hour"] == "0.400000"
     assert s1["gpus_simulated"] and len(s1["gpus"]) == 2
     assert s1["behind_nat"] is False and s1["endpoint"] == f"{swarm.bed.host('s1').ip}:51820"
     assert s2["behind_nat"] is True and s2["endpoint"] is None  # detected: NAT in between

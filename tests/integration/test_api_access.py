@@ -29,7 +29,7 @@ def test_seller_goes_online_with_offer_and_offline_when_silent(head):
     assert offer.status_code == 200 and offer.json()["price_per_gpu_hour_micros"] == 420_000
     assert heartbeat(head, seller).json()["state"] == "online"
     view = head.http.get(url, headers=head.admin).json()
-    assert view["offer"]["price_per_gpu_hour"] == "0.42"
+    assert view["offer"]["price_per_gpu_hour"] == "0.420000"
     assert view["gpus_simulated"] is True
     head.clock.advance(head.coordinator.config.heartbeat.timeout_s + 1)
     assert head.coordinator.check_heartbeats() == [seller["seller_id"]]

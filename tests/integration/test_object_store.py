@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
@@ -179,3 +180,49 @@ def test_a_buyer_at_its_storage_quota_submits_no_more_and_sees_its_bytes_in_the_
         assert head.http.get("/readyz").json()["checks"]["objects"] == "ok"
     finally:
         head.coordinator.stop()
+
+
+def test_a_coordinator_killed_hard_takes_its_store_down_with_it(tmp_path):
+    """No orphan keeps the port: the next start of the same state dir gets it back."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys, time; from pathlib import Path\n"
+        "from computeswarm.cluster.config import StorageConfig\n"
+        "from computeswarm.cluster.objects.plane import ObjectPlane\n"
+        "plane = ObjectPlane(StorageConfig(port=int(sys.argv[2])), Path(sys.argv[1]))\n"
+        "plane.start('127.0.0.1'); print(plane.embedded.process.pid, flush=True); time.sleep(600)\n"
+    )
+    port = ObjectPlane(StorageConfig(port=0), tmp_path / "unused").port
+    owner = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "objects"), str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        gateway = int(owner.stdout.readline())
+        owner.kill()
+        owner.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _running(gateway):
+            time.sleep(0.1)
+        assert not _running(gateway), "the store outlived its coordinator"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+    again = ObjectPlane(StorageConfig(port=port), tmp_path / "objects")
+    again.start("127.0.0.1")
+    try:
+        again.ping()
+    finally:
+        again.stop()
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

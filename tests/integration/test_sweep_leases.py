@@ -246,6 +246,52 @@ def test_a_seller_whose_node_failed_is_free_again_once_it_is_replaced(sqlite_hea
         assert db.get(Seller, spare["seller_id"]).state == "leased"  # took its place
 
 
+def test_a_replacement_whose_node_failed_to_start_may_try_again_a_few_times(sqlite_head, tmp_path):
+    """A replacement's raylet timed out joining a loaded head (seen in CI): its seller was
+    passed over for good, and with no one else free the job failed. A seller whose node
+    only failed to start may try again, up to JOIN_TRIES times; one lost after joining
+    never comes back to the lease."""
+    from computeswarm.cluster.leases.match import JOIN_TRIES
+
+    head = sqlite_head
+    quiet(head)
+    _, (_, other), _, _ = running_sweep(head, tmp_path)
+    spare = head.enroll("spare")
+    auth = head.auth(spare["api_key"])
+    url = f"/v1/sellers/{spare['seller_id']}"
+    assert head.http.put(f"{url}/offer", headers=auth, json={"price_per_gpu_hour": "0.5"})
+    gpus = [{"model": "RTX4090", "vram_gb": 24, "simulated": True}]
+    assert head.http.post(f"{url}/heartbeat", headers=auth, json={"gpus": gpus}).is_success
+    with head.coordinator.store.transaction() as db:
+        report_workers(db, other, {"l-sweep": "failed"}, head.clock())  # lost after joining
+    tick_at(head, head.clock() + 1)
+
+    def spare_rows():
+        with head.coordinator.store.transaction() as db:
+            rows = db.scalars(
+                select(LeaseMember).where(
+                    LeaseMember.lease_id == "l-sweep", LeaseMember.seller_id == spare["seller_id"]
+                )
+            ).all()
+            return [m.state for m in rows]
+
+    assert spare_rows() == ["assigned"]
+    for attempt in range(1, JOIN_TRIES + 1):
+        assert head.http.post(f"{url}/heartbeat", headers=auth, json={"gpus": gpus}).is_success
+        with head.coordinator.store.transaction() as db:
+            report_workers(db, spare["seller_id"], {"l-sweep": "failed"}, head.clock())
+        tick_at(head, head.clock() + 1)
+        with head.coordinator.store.transaction() as db:
+            lease = db.get(Lease, "l-sweep")
+            if attempt < JOIN_TRIES:
+                assert lease.state == "running", lease.reason
+                assert spare_rows() == ["dropped"] * attempt + ["assigned"]
+            else:  # tried enough: the lease ends, and `other` was never asked back
+                assert lease.state != "running" and "no replacement" in lease.reason
+                assert spare_rows() == ["dropped"] * JOIN_TRIES
+                assert members(head)[other].state == "dropped"
+
+
 @pytest.mark.parametrize(
     ("error", "requeued"),
     [("JOB_SUPERVISOR_ACTOR_DIED", True), ("JOB_ENTRYPOINT_COMMAND_ERROR", False)],

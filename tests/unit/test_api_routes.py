@@ -74,7 +74,7 @@ NO_MATCH = {
     "escrow": "0.500000",
     "max_duration_s": 1800.0,
     "matched": False,
-    "reason": "needs 1 seller(s) offering 1x any GPU at <= 1/GPU-h; 0 available now",
+    "reason": "needs 1 seller(s) offering 1x any GPU at <= 1.000000/GPU-h; 0 available now",
     "rejected": {},
 }
 
@@ -160,9 +160,8 @@ def test_every_json_answer_is_documented_by_a_model(http):
     assert not {"training", "sweep", "serve"} & set(job["required"])
 
 
-def test_money_is_six_places_and_prices_as_written_are_trimmed():
+def test_money_has_one_format_six_places_everywhere():
     assert money_text(440_000) == "0.440000"
     assert money_text(-1_000_000) == "-1.000000"
-    assert money_text(440_000, trim=True) == "0.44"
-    assert money_text(1_000_000, trim=True) == "1"
-    assert money_text(1_100_002, trim=True) == "1.100002"
+    assert money_text(1_100_002) == "1.100002"
+    assert money_text(1) == "0.000001"

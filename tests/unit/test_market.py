@@ -84,7 +84,7 @@ def test_explain_rejects_too_few_free_gpus_per_node():
 def test_explain_compares_the_max_price_with_the_ask_plus_fee():
     # The ask alone (1.00) is under the max (1.05), but with the 10 % fee (1.10) it is not.
     reason = explain(bid(max_price_micros=1_050_000), ask(ask_micros=1_000_000), NOW)
-    assert reason == "price 1.1/GPU-h (ask 1 + fee) > max 1.05"
+    assert reason == "price 1.100000/GPU-h (ask 1.000000 + fee) > max 1.050000"
     assert explain(bid(max_price_micros=1_100_000), ask(ask_micros=1_000_000), NOW) is None
     assert explain(bid(max_price_micros=1_099_999), ask(ask_micros=1_000_000), NOW) is not None
 
@@ -172,7 +172,7 @@ def test_no_match_says_how_many_sellers_were_needed_and_found():
     assert isinstance(result, NoMatch)
     assert result.job_id == "j1"
     assert result.reason == (
-        "needs 3 seller(s) offering 2x RTX4090 with >= 24 GB at <= 0.6/GPU-h; 2 available now"
+        "needs 3 seller(s) offering 2x RTX4090 with >= 24 GB at <= 0.600000/GPU-h; 2 available now"
     )
     assert result.rejected == {}  # only on request
 
@@ -180,7 +180,9 @@ def test_no_match_says_how_many_sellers_were_needed_and_found():
 def test_no_match_for_any_model_without_a_vram_floor():
     result = match(bid(gpu_model=None, min_vram_gb=0), [], NOW)
     assert isinstance(result, NoMatch)
-    assert result.reason == "needs 1 seller(s) offering 1x any GPU at <= 1/GPU-h; 0 available now"
+    assert result.reason == (
+        "needs 1 seller(s) offering 1x any GPU at <= 1.000000/GPU-h; 0 available now"
+    )
 
 
 def test_explain_all_gives_each_rejected_sellers_reason():
@@ -202,7 +204,7 @@ def test_explain_all_gives_each_rejected_sellers_reason():
         "model": "GPU model RTX3090, not RTX4090",
         "vram": "16 GB VRAM < 24 GB",
         "busy": "0 free GPU(s) < 1 per node",
-        "pricey": "price 1.100002/GPU-h (ask 1.000001 + fee) > max 1.1",
+        "pricey": "price 1.100002/GPU-h (ask 1.000001 + fee) > max 1.100000",
         "flaky": "reliability 0.50 < 0.90",
         "short": "max lease 1 h < job's 2 h",
         "leaving": "not available for the job's whole duration",
