@@ -4,7 +4,6 @@ root client, and the lease keys, started with the coordinator and supervised by 
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from computeswarm.cluster.config import StorageConfig
 from computeswarm.cluster.objects.access import LeaseKeys
 from computeswarm.cluster.objects.client import REGION, ObjectStore
 from computeswarm.cluster.objects.layout import Grant
-from computeswarm.cluster.objects.server import Credentials, EmbeddedObjectStore
+from computeswarm.cluster.objects.server import Credentials, EmbeddedObjectStore, free_port
 from computeswarm.jobs import contract
 
 log = logging.getLogger("computeswarm.objects")
@@ -25,7 +24,7 @@ class ObjectPlane:
         self.config = config
         self.embedded = None if config.endpoint else EmbeddedObjectStore(root)
         # The port is fixed before the hub's fence is drawn (it opens it on the overlay).
-        self.port = config.port or (_free_port() if self.embedded else 0)
+        self.port = config.port or (free_port("0.0.0.0") if self.embedded else 0)
         self.endpoint: str | None = config.endpoint
         self.store: ObjectStore | None = None
         self.keys: LeaseKeys | None = None
@@ -127,9 +126,3 @@ def lease_env(endpoint: str, bucket: str, key: Credentials, grant: Grant) -> dic
     if grant.write:
         out[contract.S3_PREFIX] = grant.write[0]
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]

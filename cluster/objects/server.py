@@ -90,7 +90,7 @@ class EmbeddedObjectStore:
                 "--trash-days",
                 "0",  # deleted objects are gone: a quota counts what is there
             )
-        port = port or _free_port(host)
+        port = port or free_port(host)
         _wait_until_free(host, port)  # a store killed with its coordinator may still be exiting
         env = os.environ | {
             "MINIO_ROOT_USER": credentials.access_key,
@@ -111,7 +111,7 @@ class EmbeddedObjectStore:
             "--log",
             str(self.root / "gateway.log"),
             "--metrics",
-            f"127.0.0.1:{_free_port('127.0.0.1')}",
+            f"127.0.0.1:{free_port('127.0.0.1')}",
         ]
         with open(self.root / "gateway.out", "ab") as out:
             self.process = subprocess.Popen(
@@ -200,7 +200,7 @@ def _wait_until_free(host: str, port: int, timeout_s: float = 10.0) -> None:
         time.sleep(0.2)
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as s:
         s.bind((host, 0))

@@ -6,6 +6,7 @@ to join a forming lease is replaced (or the job requeued)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,22 @@ def members(head) -> dict[str, LeaseMember]:
         rows = db.scalars(select(LeaseMember).where(LeaseMember.lease_id == "l-sweep")).all()
         db.expunge_all()
         return {m.seller_id: m for m in rows}
+
+
+def spare_seller(head) -> tuple[dict, Callable[[], None]]:
+    """A seller online with an offer, free to take a lost member's place; and a call that
+    heartbeats for it again."""
+    spare = head.enroll("spare")
+    auth = head.auth(spare["api_key"])
+    url = f"/v1/sellers/{spare['seller_id']}"
+    assert head.http.put(f"{url}/offer", headers=auth, json={"price_per_gpu_hour": "0.5"})
+    gpus = [{"model": "RTX4090", "vram_gb": 24, "simulated": True}]
+
+    def heartbeat() -> None:
+        assert head.http.post(f"{url}/heartbeat", headers=auth, json={"gpus": gpus}).is_success
+
+    heartbeat()
+    return spare, heartbeat
 
 
 def tick_at(head, now: float) -> None:
@@ -229,12 +246,7 @@ def test_a_seller_whose_node_failed_is_free_again_once_it_is_replaced(sqlite_hea
     head = sqlite_head
     quiet(head)
     _, (_, other), _, _ = running_sweep(head, tmp_path)
-    spare = head.enroll("spare")
-    auth = head.auth(spare["api_key"])
-    url = f"/v1/sellers/{spare['seller_id']}"
-    assert head.http.put(f"{url}/offer", headers=auth, json={"price_per_gpu_hour": "0.5"})
-    gpus = [{"model": "RTX4090", "vram_gb": 24, "simulated": True}]
-    assert head.http.post(f"{url}/heartbeat", headers=auth, json={"gpus": gpus}).is_success
+    spare, _ = spare_seller(head)
     with head.coordinator.store.transaction() as db:
         db.get(Lease, "l-sweep").state = LeaseState.PROVISIONING.value
         db.get(Job, "j-sweep").state = "scheduled"
@@ -256,12 +268,7 @@ def test_a_replacement_whose_node_failed_to_start_may_try_again_a_few_times(sqli
     head = sqlite_head
     quiet(head)
     _, (_, other), _, _ = running_sweep(head, tmp_path)
-    spare = head.enroll("spare")
-    auth = head.auth(spare["api_key"])
-    url = f"/v1/sellers/{spare['seller_id']}"
-    assert head.http.put(f"{url}/offer", headers=auth, json={"price_per_gpu_hour": "0.5"})
-    gpus = [{"model": "RTX4090", "vram_gb": 24, "simulated": True}]
-    assert head.http.post(f"{url}/heartbeat", headers=auth, json={"gpus": gpus}).is_success
+    spare, heartbeat = spare_seller(head)
     with head.coordinator.store.transaction() as db:
         report_workers(db, other, {"l-sweep": "failed"}, head.clock())  # lost after joining
     tick_at(head, head.clock() + 1)
@@ -277,7 +284,7 @@ def test_a_replacement_whose_node_failed_to_start_may_try_again_a_few_times(sqli
 
     assert spare_rows() == ["assigned"]
     for attempt in range(1, JOIN_TRIES + 1):
-        assert head.http.post(f"{url}/heartbeat", headers=auth, json={"gpus": gpus}).is_success
+        heartbeat()
         with head.coordinator.store.transaction() as db:
             report_workers(db, spare["seller_id"], {"l-sweep": "failed"}, head.clock())
         tick_at(head, head.clock() + 1)
