@@ -165,7 +165,11 @@ def _register_model(ctx: Leasing, job_id: str) -> None:
 
 
 def _settle(ctx: Leasing, db, lease: Lease, now: float) -> None:
-    """Detach everyone, pay out of escrow, return the rest, free the sellers."""
+    """Detach everyone, pay out of escrow, return the rest, free the sellers.
+
+    A lease that never started its job (it failed to form: a node never joined, and the
+    job was requeued or failed) bills nothing: waiting for the platform to assemble a
+    cluster is not the buyer's time. Its requeued job would otherwise pay twice."""
     usages = []
     for member in members(db, lease.id, everyone=True):
         if member.state in values(ACTIVE_MEMBER_STATES):
@@ -179,7 +183,7 @@ def _settle(ctx: Leasing, db, lease: Lease, now: float) -> None:
         elif member.state == MemberState.LOST.value:
             drop(db, member)
         seconds = ledger.metered_seconds(member.attached_at, member.detached_at)
-        if seconds:
+        if seconds and lease.started_at is not None:
             usages.append(
                 ledger.Usage(
                     member.seller_id, member.gpus, seconds, member.ask_micros, member.price_micros
