@@ -3,8 +3,10 @@
 Both sides import these names: the coordinator (`cluster/kinds/`) renders a driver's
 entrypoint and environment, and writes the spec file; the drivers (`jobs/train/run.py`,
 `tune/run.py`, `serve/run.py`) read them and write their artifacts into the run folder,
-where the coordinator reads them back. Nothing here imports the coordinator's code: the
-drivers run on sellers, inside the lease's sandbox.
+where the coordinator reads them back. A training run's folder is a prefix in the object
+store (`jobs/run_store.py`): its sellers and the coordinator are separate machines.
+Nothing here imports the coordinator's code: the drivers run on sellers, inside the
+lease's sandbox.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from computeswarm.jobs.spec import AnyJob, job_from_record
 JOB_ID = "COMPUTESWARM_JOB_ID"
 LEASE_ID = "COMPUTESWARM_LEASE_ID"
 RUN_DIR = "COMPUTESWARM_RUN_DIR"  # the job's run folder (read-write; every kind but script)
+RUN_PREFIX = "COMPUTESWARM_RUN_PREFIX"  # training: the run folder's prefix in the store instead
 NODE_IP = "COMPUTESWARM_NODE_IP"  # this node's overlay address, for ray.init (cluster/nodes)
 INIT_ADAPTER = "COMPUTESWARM_INIT_ADAPTER"  # lora: the registered adapter to start from
 INIT_VERSION = "COMPUTESWARM_INIT_VERSION"  # lora: its version id

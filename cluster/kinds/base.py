@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from computeswarm.cluster.objects.client import ObjectStore
 from computeswarm.cluster.objects.layout import Grant, job_prefix
 from computeswarm.cluster.store.models import Job, Lease
 from computeswarm.jobs.spec import AnyJob
@@ -32,6 +33,7 @@ class Where:
     storage: Path  # job storage: <account>/runs|sweeps|serve/...
     models: Path  # registered model versions
     head_ip: str = ""  # the hub's overlay address (a serve job's proxy binds there)
+    objects: ObjectStore | None = None  # the object store (root key): training runs live there
 
 
 class JobKind:

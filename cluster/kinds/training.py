@@ -1,24 +1,30 @@
 """The `lora` and `pipeline` kinds: a training spec becomes a Ray Train driver on the lease,
 its run folder shows progress, and a finished `lora` run becomes a model version.
 
-Run folders live in the job storage, `<state_dir>/storage/<account>/runs/<name>-<hash>`,
-named by what the weights depend on (spec and data hashes): a resubmitted job lands in the
-same folder and Ray Train resumes it from its latest complete checkpoint. The folder must
-be reachable at the same path from every seller of the lease (one machine in the testbed;
-a shared volume in production).
+A run folder is a prefix in the object store, `<account>/runs/<name>-<hash>/`, named by
+what the weights depend on (spec and data hashes): a resubmitted job lands in the same
+folder and Ray Train resumes it from its latest complete checkpoint, on whichever sellers
+the new lease has. The lease's key writes only there (and its job's prefix); the
+coordinator reads progress, the result and the adapter back through the store, never from
+a seller's disk. (A sweep's run folder is still a folder of the job storage: `run_dir`.)
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 from sqlalchemy import select
 
+from computeswarm.cluster.errors import Busy
 from computeswarm.cluster.kinds.base import JobKind, RayJob, Where
 from computeswarm.cluster.leases.states import MemberState
 from computeswarm.cluster.models import registry as model_registry
+from computeswarm.cluster.objects.client import ObjectStore
+from computeswarm.cluster.objects.layout import Grant, job_prefix, run_prefix
+from computeswarm.cluster.objects.runs import StoredRun
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller
 from computeswarm.jobs import contract
 from computeswarm.jobs.spec import LoraJob, PipelineJob, SweepJob, job_from_record
@@ -29,16 +35,17 @@ ENTRYPOINT = contract.TRAIN_DRIVER  # its driver, started with python -I (jobs/c
 
 
 class TrainingKind(JobKind):
-    """What `lora` and `pipeline` share: a run folder, read-write, and its progress."""
-
-    def lease_files(self, db, job: Job, spec, where: Where) -> dict[str, list[str]]:
-        return {"read": [], "write": [str(choose_run_dir(where.storage, job, spec))]}
+    """What `lora` and `pipeline` share: a run folder in the store, and its progress."""
 
     def render(self, db, job: Job, spec, lease: Lease, where: Where) -> RayJob:
-        return render(db, job, spec, where.storage)
+        return render(db, job, spec, _store(where))
+
+    def object_grant(self, db, job: Job, spec, where: Where) -> Grant:
+        prefix = choose_run_prefix(_store(where), job, spec)
+        return Grant(write=(job_prefix(job.account_id, job.id), prefix))
 
     def view(self, db, job: Job, where: Where) -> dict:
-        return {"training": progress(db, job, where.storage)} if job.upload_path else {}
+        return {"training": progress(job, where.objects)} if job.upload_path else {}
 
 
 class LoraKind(TrainingKind):
@@ -52,7 +59,7 @@ class LoraKind(TrainingKind):
         return files
 
     def register(self, db, job: Job, where: Where, now: float) -> dict | None:
-        return register_result(db, job, where.storage, where.models, now)
+        return register_result(db, job, _store(where), where.models, now)
 
 
 class PipelineKind(TrainingKind):
@@ -70,10 +77,8 @@ def run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJob) -> 
     never taken from the upload), else the one it would get."""
     if job.run_dir:
         return Path(job.run_dir)
-    dataset = spec.data_file
-    data = file_hash(Path(job.upload_path) / dataset) if dataset else "no-data"
     folder = "sweeps" if spec.kind == "sweep" else "runs"  # (folder names predate kinds/)
-    return storage / job.account_id / folder / run_name(job.name, spec_hash(job.spec), data)
+    return storage / job.account_id / folder / run_name_of(job, spec)
 
 
 def choose_run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJob) -> Path:
@@ -93,13 +98,51 @@ def choose_run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJ
     return folder
 
 
-def render(db, job: Job, spec: LoraJob | PipelineJob, storage: Path) -> RayJob:
+def run_name_of(job: Job, spec: LoraJob | PipelineJob | SweepJob) -> str:
+    """The run's name: the job's name and the hash of what its weights depend on."""
+    dataset = spec.data_file
+    data = file_hash(Path(job.upload_path) / dataset) if dataset else "no-data"
+    return run_name(job.name, spec_hash(job.spec), data)
+
+
+def choose_run_prefix(store: ObjectStore, job: Job, spec: LoraJob | PipelineJob) -> str:
+    """The run folder in the store, chosen as `choose_run_dir` chooses a local one: an
+    unfinished run of the same spec and data is resumed, a finished one gets a fresh
+    attempt (-r2, -r3...); recorded in the job, so it is chosen once."""
+    if job.run_dir:
+        return job.run_dir
+    base = run_name_of(job, spec)
+    name, attempt = base, 1
+    while StoredRun(store, run_prefix(job.account_id, name)).exists(contract.RESULT_FILE):
+        attempt += 1
+        name = f"{base}-r{attempt}"
+    prefix = run_prefix(job.account_id, name)
+    if StoredRun(store, prefix).exists(contract.STEPS_LOG):
+        log.info("job %s: resuming the unfinished run %s", job.id, name)
+    job.run_dir = prefix
+    return prefix
+
+
+def stored_run(store: ObjectStore | None, job: Job) -> StoredRun | None:
+    """The job's run folder in the store, once the coordinator chose it."""
+    if store is None or not job.run_dir or job.run_dir.startswith("/"):
+        return None  # not started yet (or a run of a release that kept runs on disk)
+    return StoredRun(store, job.run_dir)
+
+
+def _store(where: Where) -> ObjectStore:
+    if where.objects is None:
+        raise Busy("the object store is not running; training runs keep their files there")
+    return where.objects
+
+
+def render(db, job: Job, spec: LoraJob | PipelineJob, store: ObjectStore) -> RayJob:
     """The entrypoint and environment of a training job's driver."""
-    folder = choose_run_dir(storage, job, spec)
+    prefix = choose_run_prefix(store, job, spec)
     contract.write_spec(Path(job.upload_path), job.spec)
     # Ray Train's controller collects reports (and so registers checkpoints) at this pace;
     # its default leaves a fresh checkpoint unregistered for seconds.
-    env = {contract.RUN_DIR: str(folder), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    env = {contract.RUN_PREFIX: prefix, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
     for ref in spec.registered_refs():  # a lora's init_adapter
         version = model_registry.resolve(db, job.account_id, ref)
         env[contract.INIT_ADAPTER] = version.artifact_path
@@ -107,16 +150,20 @@ def render(db, job: Job, spec: LoraJob | PipelineJob, storage: Path) -> RayJob:
     return RayJob(ENTRYPOINT, env)
 
 
-def register_result(db, job: Job, storage: Path, models_root: Path, now: float) -> dict | None:
-    """Register a finished `lora` run's adapter; None without a result."""
+def register_result(db, job: Job, store: ObjectStore, models_root: Path, now: float) -> dict | None:
+    """Register a finished `lora` run's adapter, fetched from its run folder in the store;
+    None without a result."""
+    run = stored_run(store, job)
+    text = run.read_text(contract.RESULT_FILE) if run else None
+    if text is None:
+        return None
+    with tempfile.TemporaryDirectory() as staging:
+        return _register(db, job, run, json.loads(text), Path(staging), models_root, now)
+
+
+def _register(db, job, run: StoredRun, result: dict, staging: Path, models_root, now):
     spec = LoraJob.model_validate(job.spec)
-    if not job.upload_path:
-        return None
-    result_path = run_dir(storage, job, spec) / contract.RESULT_FILE
-    if not result_path.exists():
-        return None
-    result = json.loads(result_path.read_text())
-    adapter = inside(run_dir(storage, job, spec), result.get("adapter"))
+    adapter = run.fetch(result.get("adapter"), staging / "adapter")
     if adapter is None:
         log.warning("job %s: the run left no adapter (inside its run folder) to register", job.id)
         return None
@@ -132,7 +179,7 @@ def register_result(db, job: Job, storage: Path, models_root: Path, now: float) 
         spec_hash=result["spec_hash"],
         data_hash=result["data_hash"],
         metrics=result["metrics"],
-        checkpoint=result["checkpoint"],
+        checkpoint=run.prefix + str(result.get("checkpoint"))[:200],
         job_id=job.id,
         parent=parent,
         now=now,
@@ -155,23 +202,32 @@ def inside(folder: Path, claimed: object) -> Path | None:
     return target
 
 
-def progress(db, job: Job, storage: Path) -> dict:
+def progress(job: Job, store: ObjectStore | None) -> dict:
     """What a buyer sees of a training job: the last steps' losses, the final metrics and,
     for a pipeline, the planned stage split over the lease's sellers."""
     spec = job_from_record(job.spec)
     steps = spec.training.steps if spec.training.epochs is None else None  # known at start
     out: dict = {"steps": steps, "step": 0, "recent_losses": [], "metrics": None}
-    try:
-        folder = run_dir(storage, job, spec)
-    except OSError:
+    run = stored_run(store, job)
+    if run is None:
         return out
-    steps = folder / contract.STEPS_LOG
-    if steps.exists():
-        lines = steps.read_text().splitlines()[-5:]
+    try:
+        return out | _progress_of(run)
+    except Exception as e:  # the store is down or a driver wrote nonsense: the view stays
+        log.warning("job %s: cannot read its progress: %s", job.id, e)
+        return out
+
+
+def _progress_of(run: StoredRun) -> dict:
+    out: dict = {}
+    steps = run.read_text(contract.STEPS_LOG)
+    if steps:
+        lines = steps.splitlines()[-5:]
         out["recent_losses"] = [float(line.split()[1]) for line in lines if len(line.split()) > 1]
         out["step"] = int(lines[-1].split()[0]) if lines else 0
-    if (folder / contract.RESULT_FILE).exists():
-        out["metrics"] = json.loads((folder / contract.RESULT_FILE).read_text())["metrics"]
+    result = run.read_text(contract.RESULT_FILE)
+    if result:
+        out["metrics"] = json.loads(result)["metrics"]
     return out
 
 

@@ -35,7 +35,8 @@ class Leasing:
     objects: ObjectPlane | None = None  # the object store; each lease gets a key of its own
 
     def where(self) -> Where:
-        return Where(self.storage, self.models, self.head_ip())
+        objects = self.objects.store if self.objects else None
+        return Where(self.storage, self.models, self.head_ip(), objects)
 
 
 def head_of(lease: Lease) -> Head:

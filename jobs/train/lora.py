@@ -7,9 +7,11 @@ low-bandwidth mode trains each seller alone and averages the adapters every H st
 
 A checkpoint folder holds `state.json` (step, base metrics), `adapter/` (PEFT files) and
 the optimizer: DeepSpeed's shards under `ds/`, or `optim-rank{r}.pt` per rank. Every rank
-reports its part; Ray Train registers the checkpoint only when all parts are uploaded, so a
-restart never sees a partial one. Batches are a pure function of the step, so a resumed
-run continues the same data order and never redoes a checkpointed step.
+reports its part and Ray Train uploads it to the run folder in the object store; it
+registers the checkpoint only when all parts are uploaded, and rank 0 then writes its
+`COMPLETE` marker, so a restart (on any seller) never resumes from a partial one.
+Batches are a pure function of the step, so a resumed run continues the same data order
+and never redoes a checkpointed step.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from computeswarm.jobs import contract
+from computeswarm.jobs.run_store import RunStore, StepsLog
 from computeswarm.jobs.train.data import IGNORE, encode, read_jsonl, split
 from computeswarm.jobs.train.runs import ring_allreduce_bytes
 
 COMPLETE = "COMPLETE"
+EVENTS_LOG = "events.log"  # "resumed <step> <checkpoint>" per restart
 # Attention and MLP projections: a random or small base needs both to learn anything.
 TARGETS = {
     "gpt2": (["c_attn", "c_proj", "c_fc"], True),  # Conv1D weights are (in, out)
@@ -130,8 +133,11 @@ def train_lora_worker(config: dict) -> None:
         forward = engine
 
     step, base_metrics = 0, None
-    folder = latest_complete_checkpoint(Path(config["run_dir"]), ray.train.get_checkpoint())
-    if folder:
+    run = RunStore.of(config["run"])
+    name = latest_complete_checkpoint(run, ray.train.get_checkpoint())
+    restored = tempfile.TemporaryDirectory() if name else None
+    if name:
+        folder = run.download(name, Path(restored.name))  # the store's copy, on this node
         state = json.loads((Path(folder) / "state.json").read_text())
         step, base_metrics = state["step"], state["base"]
         if engine is not None:
@@ -144,9 +150,9 @@ def train_lora_worker(config: dict) -> None:
             set_peft_model_state_dict(model, weights)
             optimizer.load_state_dict(torch.load(Path(folder) / f"optim-rank{rank}.pt"))
         _say(rank, f"resumed from the checkpoint at step {step}")
+        restored.cleanup()
         if rank == 0:  # a record that outlives log streaming: tests and operators read it
-            with open(Path(config["run_dir"]) / "events.log", "a") as f:
-                f.write(f"resumed {step} {folder.name}\n")
+            run.append_text(EVENTS_LOG, f"resumed {step} {name}\n")
     if base_metrics is None:
         base_metrics = evaluate(forward, eval_shard, ds["micro_batch"])
         _say(rank, f"base eval_loss {base_metrics['eval_loss']:.4f}")
@@ -159,7 +165,7 @@ def train_lora_worker(config: dict) -> None:
             logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=IGNORE
         )
 
-    steps_log = Path(config["run_dir"]) / contract.STEPS_LOG
+    steps_log = StepsLog(run) if rank == 0 else None
     sync_every = local["sync_every"] if local else None
     per_step = sync_bytes_per_step(trainable_bytes, world, sync_every)
     accumulation, size = ds["gradient_accumulation"], ds["micro_batch"]
@@ -186,8 +192,7 @@ def train_lora_worker(config: dict) -> None:
         mean = sum(losses) / len(losses)
         if rank == 0:
             elapsed = time.perf_counter() - started
-            with open(steps_log, "a") as f:  # step, loss, seconds: progress and benchmarks
-                f.write(f"{step} {mean:.6f} {elapsed:.4f}\n")
+            steps_log.add(f"{step} {mean:.6f} {elapsed:.4f}")  # progress and benchmarks
             _say(rank, f"step {step} loss {mean:.4f} ({elapsed:.2f} s)")
         metrics = {
             "step": step,
@@ -207,6 +212,8 @@ def train_lora_worker(config: dict) -> None:
         if step % training["checkpoint_every"] == 0 or last:
             if local and world > 1 and step % sync_every:
                 _average(trainable, world)  # a checkpoint holds one adapter: average first
+            if steps_log:
+                steps_log.flush()  # every step up to a checkpoint is on record
             with tempfile.TemporaryDirectory() as folder:
                 _save(folder, rank, step, base_metrics, model, engine, optimizer)
                 ray.train.report(
@@ -219,30 +226,32 @@ def train_lora_worker(config: dict) -> None:
             if dist.is_initialized():
                 dist.barrier()
             if rank == 0:
-                mark_complete(Path(config["run_dir"]) / checkpoint_name(step), step, world)
+                mark_complete(run, checkpoint_name(step), step, world)
         elif "eval_loss" in metrics:
             ray.train.report(metrics)
+    if steps_log:
+        steps_log.flush()
 
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def mark_complete(folder: Path, step: int, world: int) -> None:
-    marker = folder / COMPLETE
-    partial = marker.with_suffix(".partial")
-    partial.write_text(json.dumps({"step": step, "world": world}))
-    partial.rename(marker)  # atomic: a marker is whole or absent
+def mark_complete(run: RunStore, name: str, step: int, world: int) -> None:
+    """One whole object (or file): a marker is there entirely or not at all."""
+    run.write_text(f"{name}/{COMPLETE}", json.dumps({"step": step, "world": world}))
 
 
-def latest_complete_checkpoint(run_dir: Path, registered) -> Path | None:
-    """The newest checkpoint to resume from: the one Ray Train registered, or a newer
-    folder every rank finished (Ray's controller can die before it registers one). Folders
-    without the completion marker are partial and never used."""
-    candidates = [p.parent for p in run_dir.glob(f"step-*/{COMPLETE}")]
+def latest_complete_checkpoint(run: RunStore, registered) -> str | None:
+    """The newest checkpoint folder to resume from, by name: the one Ray Train registered,
+    or a newer one every rank finished (Ray's controller can die before it registers one).
+    Folders without the completion marker are partial and never used."""
+    candidates = [
+        name for name in run.listdir() if name.startswith("step-") and COMPLETE in run.listdir(name)
+    ]
     if registered is not None:
-        candidates.append(Path(registered.path))
-    return max(candidates, key=lambda c: c.name, default=None)
+        candidates.append(registered.path.rstrip("/").rsplit("/", 1)[-1])
+    return max(candidates, default=None)
 
 
 def _save(folder, rank, step, base_metrics, model, engine, optimizer) -> None:

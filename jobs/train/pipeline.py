@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from computeswarm.jobs import contract
+from computeswarm.jobs.run_store import RunStore, StepsLog
 from computeswarm.jobs.spec_parts import PipelineSettings, Training
 from computeswarm.jobs.train.data import IGNORE, Example, encode, read_jsonl, split
 from computeswarm.jobs.train.pipeline_plan import SUPPORTED, plan_stages
@@ -146,6 +146,8 @@ def train_stages(
     optimizer = torch.optim.AdamW(stage.parameters(), lr=training.learning_rate)
 
     pending: list[float] = []  # last stage: losses since the previous report
+    run = config.get("run")  # absent when a test trains stages without a run folder
+    steps_log = StepsLog(RunStore.of(run)) if run and rank == world - 1 else None
     for step in range(1, training.steps + 1):
         ids, labels = batch_at(train_examples, step - 1, settings.batch_size)
         optimizer.zero_grad(set_to_none=True)
@@ -155,9 +157,8 @@ def train_stages(
         if stage.last:
             pending.append(loss)
             print(f"step {step} loss {loss:.6f}", flush=True)
-            if config.get("run_dir"):  # the buyer's progress view reads this file
-                with open(Path(config["run_dir"]) / contract.STEPS_LOG, "a") as f:
-                    f.write(f"{step} {loss:.8f}\n")
+            if steps_log:  # the buyer's progress view reads this file
+                steps_log.add(f"{step} {loss:.8f}")
         if step % training.eval_every and step != training.steps:
             continue
         eval_loss = _evaluate(schedule, stage, eval_examples, settings.batch_size, device)
@@ -175,6 +176,8 @@ def train_stages(
         else:
             report(metrics)
         pending = []
+    if steps_log:
+        steps_log.flush()
 
 
 def reference_losses(

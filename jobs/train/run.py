@@ -3,7 +3,9 @@
 The swarm submits this as the Ray job of a `lora` or `pipeline` spec. It starts a Ray Train
 `TorchTrainer` over the lease's sellers, named after the run folder so a restarted or
 resubmitted run resumes from its latest complete checkpoint, and writes `result.json` with
-the metrics and the checkpoint the final adapter came from (the registry reads it).
+the metrics and the checkpoint the final adapter came from (the registry reads it). The run
+folder is a prefix in the object store (`jobs/run_store.py`): Ray Train uploads every
+worker's checkpoint part there, and nothing depends on a disk the sellers share.
 """
 
 from __future__ import annotations
@@ -14,19 +16,20 @@ import sys
 from pathlib import Path
 
 from computeswarm.jobs import contract
+from computeswarm.jobs.run_store import RunStore
 from computeswarm.jobs.spec import LoraJob, PipelineJob
 from computeswarm.jobs.train.runs import file_hash, spec_hash
 
 MAX_FAILURES = 3  # a lost seller restarts the worker group from the last checkpoint
 
 
-def worker_config(spec: LoraJob | PipelineJob, run_dir: Path, init_adapter: str | None) -> dict:
+def worker_config(spec: LoraJob | PipelineJob, run: RunStore, init_adapter: str | None) -> dict:
     """What each Ray Train worker needs, as plain data (paths relative to the working dir)."""
     config = {
         "model": spec.model,
         "dataset": spec.dataset,
         "training": spec.training.model_dump(),
-        "run_dir": str(run_dir),
+        "run": run.describe(),
     }
     if isinstance(spec, LoraJob):
         config |= {
@@ -70,8 +73,7 @@ def main(argv: list[str]) -> int:
     # (Ray Train would otherwise move them into its run folder).
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     spec = contract.read_spec(argv[1])
-    run_dir = contract.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunStore.from_env()
     init_adapter = os.environ.get(contract.INIT_ADAPTER) or None
     if isinstance(spec, LoraJob):
         from computeswarm.jobs.train.lora import train_lora_worker as loop
@@ -85,19 +87,22 @@ def main(argv: list[str]) -> int:
     cuda = torch.cuda.is_available()
     trainer = TorchTrainer(
         loop,
-        train_loop_config=worker_config(spec, run_dir, init_adapter),
+        train_loop_config=worker_config(spec, run, init_adapter),
         scaling_config=scaling(spec),
         torch_config=TorchConfig(backend="nccl" if cuda else "gloo"),
         run_config=RunConfig(
-            name=run_dir.name,
-            storage_path=str(run_dir.parent),
+            name=run.name,
+            storage_path=run.parent,
+            storage_filesystem=run.fs,
             failure_config=FailureConfig(max_failures=MAX_FAILURES),
             checkpoint_config=CheckpointConfig(num_to_keep=3),
             worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if cuda else "cpu"}},
         ),
     )
     result = trainer.fit()
-    checkpoint = result.checkpoint.path if result.checkpoint else None
+    # Names inside the run folder: the coordinator resolves them against its own record
+    # of where the run lives, never against a path a driver claims.
+    checkpoint = _basename(result.checkpoint.path) if result.checkpoint else None
     outcome = {
         "kind": spec.kind,
         "base_model": spec.model,
@@ -108,9 +113,13 @@ def main(argv: list[str]) -> int:
         "data_hash": file_hash(Path(spec.dataset)),
         "init_adapter": init_adapter,
     }
-    (run_dir / contract.RESULT_FILE).write_text(json.dumps(outcome, indent=2))
+    run.write_text(contract.RESULT_FILE, json.dumps(outcome, indent=2))
     print(f"training finished: {json.dumps(outcome['metrics'])}", flush=True)
     return 0
+
+
+def _basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _plain(metrics: dict) -> dict:

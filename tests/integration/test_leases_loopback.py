@@ -43,6 +43,19 @@ class Swarm:
         self.url = f"http://127.0.0.1:{port}"
         self.sessions: dict[str, int] = {}
 
+    def objects(self):
+        """The coordinator's store through its root key, as an operator would read it."""
+        from computeswarm.cluster.objects.client import ObjectStore
+        from computeswarm.cluster.objects.server import Credentials
+
+        root = json.loads((self.root / "head" / "objects" / "root.json").read_text())
+        endpoint = next(
+            line.split("object store up at ")[1].split()[0]
+            for line in (self.root / "head.log").read_text().splitlines()
+            if "object store up at" in line
+        )
+        return ObjectStore(endpoint, Credentials(**root), "computeswarm")
+
     def spawn(self, name: str, argv: list[str], env: dict | None = None) -> None:
         with open(self.root / f"{name}.log", "ab") as log:
             process = subprocess.Popen(
@@ -266,7 +279,7 @@ def test_a_lease_writes_its_own_prefix_in_the_store_and_its_key_dies_with_it(swa
     the lease is over. The root key never reaches a lease."""
     from botocore.exceptions import ClientError
 
-    from computeswarm.cluster.objects.client import ObjectStore, s3_client
+    from computeswarm.cluster.objects.client import s3_client
     from computeswarm.cluster.objects.server import Credentials
     from computeswarm.jobs.upload import pack_working_dir
 
@@ -290,14 +303,9 @@ def test_a_lease_writes_its_own_prefix_in_the_store_and_its_key_dies_with_it(swa
     assert access == f"lease-{done['lease']['id']}" and secret != root["secret_key"]
     assert prefix.split("/")[1:] == ["jobs", done["id"], ""], prefix
 
-    endpoint = next(
-        line.split("object store up at ")[1].split()[0]
-        for line in (swarm.root / "head.log").read_text().splitlines()
-        if "object store up at" in line
-    )
-    store = ObjectStore(endpoint, Credentials(**root), "computeswarm")
+    store = swarm.objects()
     assert store.get_bytes(prefix + "result.txt") == b"written on a seller"
-    dead = s3_client(endpoint, Credentials(access, secret))
+    dead = s3_client(store.endpoint, Credentials(access, secret))
     with pytest.raises(ClientError, match="InvalidAccessKeyId"):
         dead.get_object(Bucket="computeswarm", Key=prefix + "result.txt")
 

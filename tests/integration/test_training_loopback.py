@@ -3,17 +3,21 @@ sellers on loopback (the `none` backend), real Ray clusters, Ray Train + DeepSpe
 
 A `lora` job fine-tunes a tiny model on a task with a learnable signal across two sellers,
 its adapter is registered and loads through peft; a seller killed mid-training is replaced
-and the run resumes from its last checkpoint without redoing checkpointed steps.
+and the run resumes from its last checkpoint without redoing checkpointed steps. Every run
+folder is a prefix in the object store: these tests read it there, through the root key,
+and check that nothing of it is on the coordinator's disk.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
+from computeswarm.cluster.objects.runs import StoredRun
 from computeswarm.jobs.states import JobState
 from computeswarm.jobs.train.data import synthetic_addition
 from computeswarm.jobs.train.tiny import make_tiny_model
@@ -84,11 +88,10 @@ def lora(name: str, steps: int, **extra) -> dict:
     }
 
 
-def run_folder(swarm, job_id: str) -> Path:
-    job = swarm.buyer.job(job_id)
-    runs = list((swarm.root / "head" / "storage").glob(f"*/runs/{job['name']}-*"))
-    assert len(runs) == 1, runs
-    return runs[0]
+def run_folder(swarm, job_id: str) -> StoredRun:
+    run = _runs(swarm, swarm.buyer.job(job_id)["name"])
+    assert run is not None
+    return run
 
 
 def test_a_lora_job_learns_registers_its_adapter_and_it_loads_in_peft(swarm, workdir, tmp_path):
@@ -101,12 +104,17 @@ def test_a_lora_job_learns_registers_its_adapter_and_it_loads_in_peft(swarm, wor
         swarm.ids["s1"],
         swarm.ids["s2"],
     }
-    result = json.loads((run_folder(swarm, submitted["id"]) / "result.json").read_text())
+    run = run_folder(swarm, submitted["id"])
+    result = json.loads(run.read_text("result.json"))
     metrics = result["metrics"]
     # The base's loss on the held-out sums is ~ln(vocab); the adapter must beat it clearly.
     assert metrics["eval_loss"] < metrics["base_eval_loss"] - 0.3, metrics
     assert metrics["token_accuracy"] > metrics["base_token_accuracy"] + 0.1, metrics
-    adapter_bytes = sum(f.stat().st_size for f in Path(result["adapter"]).glob("*.safetensors"))
+    adapter_bytes = sum(
+        o.size
+        for o in run.store.list(f"{run.prefix}{result['adapter']}/")
+        if o.key.endswith(".safetensors")
+    )
     # A ring all-reduce of the fp32 adapter between 2 workers, once every 5 steps.
     assert metrics["sync_bytes_per_step"] == pytest.approx(adapter_bytes / 5, rel=0.05)
 
@@ -114,7 +122,9 @@ def test_a_lora_job_learns_registers_its_adapter_and_it_loads_in_peft(swarm, wor
     assert job["model_version"] == "adder@1"
     version = swarm.buyer.model_version("adder", 1)
     assert version["base_model"] == "model" and version["job_id"] == submitted["id"]
-    assert version["checkpoint"].endswith("step-000030")
+    assert version["checkpoint"] == f"{run.prefix}step-000030"
+    # Sellers and coordinator are separate machines: the run never touched its disk.
+    assert not list((swarm.root / "head" / "storage").glob("*/runs/adder-*"))
     adapter = swarm.buyer.download_model("adder", 1, tmp_path / "adder")
 
     import torch
@@ -172,8 +182,8 @@ def test_a_killed_seller_is_replaced_and_training_resumes_from_the_last_checkpoi
     done = _until(lambda: _state(swarm, submitted["id"], "succeeded", "failed"), "end", 500)
     logs = swarm.buyer.job_logs(submitted["id"])["text"]
     assert done["state"] == "succeeded", (done, logs[-3000:])
-    steps = [int(line.split()[0]) for line in (folder / "steps.log").read_text().splitlines()]
-    events = (folder / "events.log").read_text().split()
+    steps = [int(line.split()[0]) for line in folder.read_text("steps.log").splitlines()]
+    events = folder.read_text("events.log").split()
     assert events[0] == "resumed" and len(events) == 3, events  # one restart, from a checkpoint
     resumed = int(events[1])
     assert resumed >= 10 and resumed % 10 == 0 and events[2] == f"step-{resumed:06d}", events
@@ -191,14 +201,17 @@ def test_a_killed_seller_is_replaced_and_training_resumes_from_the_last_checkpoi
     assert lost["attached_at"] < lost["detached_at"] < members[replacement]["detached_at"]
 
 
-def _runs(swarm, name: str) -> Path | None:
-    runs = list((swarm.root / "head" / "storage").glob(f"*/runs/{name}-*"))
-    return runs[0] if runs else None
+def _runs(swarm, name: str) -> StoredRun | None:
+    """The run folder in the store of the buyer's run called `name`."""
+    store = swarm.objects()
+    run = re.compile(rf"[^/]+/runs/{re.escape(name)}-[0-9a-f]{{12}}/")
+    prefixes = {m.group(0) for o in store.list("") if (m := run.match(o.key))}
+    assert len(prefixes) <= 1, prefixes
+    return StoredRun(store, prefixes.pop()) if prefixes else None
 
 
-def _steps_done(folder: Path) -> int:
-    log = folder / "steps.log"
-    return len(log.read_text().splitlines()) if log.exists() else 0
+def _steps_done(folder: StoredRun) -> int:
+    return len((folder.read_text("steps.log") or "").splitlines())
 
 
 def test_a_pipeline_job_runs_one_stage_per_seller_and_matches_a_single_process(swarm, tmp_path):
@@ -222,7 +235,7 @@ def test_a_pipeline_job_runs_one_stage_per_seller_and_matches_a_single_process(s
     done = _until(lambda: _state(swarm, submitted["id"], "succeeded", "failed"), "end", 400)
     logs = swarm.buyer.job_logs(submitted["id"])["text"]
     assert done["state"] == "succeeded", (done, logs[-3000:])
-    result = json.loads((run_folder(swarm, submitted["id"]) / "result.json").read_text())
+    result = json.loads(run_folder(swarm, submitted["id"]).read_text("result.json"))
     placement = result["metrics"]["placement"]
     addresses = {s["id"]: s["address"] for s in swarm.admin.sellers()}
     from computeswarm.tunnel.backends.none import loopback_address
@@ -230,7 +243,7 @@ def test_a_pipeline_job_runs_one_stage_per_seller_and_matches_a_single_process(s
     assert {p["node_ip"] for p in placement} == {loopback_address(addresses[m]) for m in members}, (
         placement
     )
-    steps_log = (run_folder(swarm, submitted["id"]) / "steps.log").read_text().split()
+    steps_log = run_folder(swarm, submitted["id"]).read_text("steps.log").split()
     losses = {int(n): float(x) for n, x in zip(steps_log[::2], steps_log[1::2], strict=True)}
     training = spec["training"] | {"eval_fraction": 0.1, "seed": 0}
     expected = reference_losses(folder / "model", folder / "data.jsonl", training, 8, 5)
@@ -250,16 +263,16 @@ def test_a_cancelled_run_resubmitted_resumes_from_its_last_checkpoint(swarm, wor
     _until(lambda: _steps_done(folder) >= 14, "training past its first checkpoint", 300)
     assert swarm.buyer.cancel_job(first["id"])["state"] == "cancelled"
     _settled(swarm, first["id"])
-    assert not (folder / "result.json").exists()
+    assert folder.read_text("result.json") is None
 
     # The same spec and data: the same run folder, resumed rather than started over.
     second = swarm.buyer.submit_job(spec, pack_working_dir(workdir, 2**22))
     done = _until(lambda: _state(swarm, second["id"], "succeeded", "failed"), "end", 400)
     assert done["state"] == "succeeded", swarm.buyer.job_logs(second["id"])["text"][-3000:]
-    assert _runs(swarm, "again") == folder and (folder / "result.json").exists()
-    events = (folder / "events.log").read_text().split()
+    assert _runs(swarm, "again").prefix == folder.prefix and folder.exists("result.json")
+    events = folder.read_text("events.log").split()
     assert events[0] == "resumed" and int(events[1]) >= 10, events
     resumed = int(events[1])
-    steps = [int(line.split()[0]) for line in (folder / "steps.log").read_text().splitlines()]
+    steps = [int(line.split()[0]) for line in folder.read_text("steps.log").splitlines()]
     assert sorted(s for s in steps if s <= resumed) == list(range(1, resumed + 1))
     assert set(steps) == set(range(1, 31))

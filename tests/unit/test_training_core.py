@@ -141,15 +141,18 @@ class Registered:
 
 
 def test_only_complete_checkpoints_are_resumed(tmp_path):
+    from computeswarm.jobs.run_store import RunStore
+
+    run = RunStore(str(tmp_path), in_store=False)
     for step in (10, 20, 30):
         (tmp_path / f"step-{step:06d}").mkdir()
-    mark_complete(tmp_path / "step-000010", 10, 2)
-    mark_complete(tmp_path / "step-000020", 20, 2)
+    mark_complete(run, "step-000010", 10, 2)
+    mark_complete(run, "step-000020", 20, 2)
     # step 30 has no marker: a rank died while uploading it.
-    assert latest_complete_checkpoint(tmp_path, None) == tmp_path / "step-000020"
-    registered = Registered(tmp_path / "step-000010")
-    assert latest_complete_checkpoint(tmp_path, registered) == tmp_path / "step-000020"
-    assert latest_complete_checkpoint(tmp_path / "nothing", None) is None
+    assert latest_complete_checkpoint(run, None) == "step-000020"
+    registered = Registered("bucket/acct/runs/x/step-000010")
+    assert latest_complete_checkpoint(run, registered) == "step-000020"
+    assert latest_complete_checkpoint(RunStore(str(tmp_path / "nothing"), False), None) is None
     assert json.loads((tmp_path / "step-000020" / COMPLETE).read_text()) == {
         "step": 20,
         "world": 2,
