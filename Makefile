@@ -34,6 +34,7 @@ bench: setup
 	$(VENV)/python -m computeswarm.tests.bench.training
 	$(VENV)/python -m computeswarm.tests.bench.gateway
 	$(VENV)/python -m computeswarm.tests.bench.sweep
+	$(VENV)/python -m computeswarm.tests.bench.store_transfer
 
 # On a machine with a GPU (not in CI): the lora workload with NCCL and bf16, step time.
 gpu-check: setup

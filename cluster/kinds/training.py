@@ -113,14 +113,17 @@ def choose_run_prefix(store: ObjectStore, job: Job, spec: LoraJob | PipelineJob)
         return job.run_dir
     base = run_name_of(job, spec)
     name, attempt = base, 1
-    while StoredRun(store, run_prefix(job.account_id, name)).exists(contract.RESULT_FILE):
-        attempt += 1
-        name = f"{base}-r{attempt}"
-    prefix = run_prefix(job.account_id, name)
-    if StoredRun(store, prefix).exists(contract.STEPS_LOG):
+    try:
+        while StoredRun(store, run_prefix(job.account_id, name)).exists(contract.RESULT_FILE):
+            attempt += 1
+            name = f"{base}-r{attempt}"
+        resuming = StoredRun(store, run_prefix(job.account_id, name)).exists(contract.STEPS_LOG)
+    except Exception as e:  # down or refusing: the job cannot start without its run folder
+        raise Busy(f"the object store cannot be asked for the run folder: {e}") from e
+    if resuming:
         log.info("job %s: resuming the unfinished run %s", job.id, name)
-    job.run_dir = prefix
-    return prefix
+    job.run_dir = run_prefix(job.account_id, name)
+    return job.run_dir
 
 
 def stored_run(store: ObjectStore | None, job: Job) -> StoredRun | None:

@@ -100,3 +100,38 @@ def test_the_coordinator_fetches_only_what_lies_inside_the_run(tmp_path):
     assert run.fetch("step-999999/adapter", tmp_path / "c") is None  # holds nothing
     with pytest.raises(ValueError):
         StoredRun(bucket, "acct-a/runs/r1")
+
+
+def test_the_coordinator_chooses_the_run_folder_in_the_store_once(tmp_path):
+    """Same spec and data as an unfinished run: its folder (training resumes there); as a
+    finished one: a fresh attempt; a store that cannot be asked: a retryable refusal."""
+    from computeswarm.cluster.errors import Busy
+    from computeswarm.cluster.kinds.training import choose_run_prefix, run_name_of
+    from computeswarm.cluster.store.models import Job
+    from computeswarm.jobs.spec import parse_job_spec
+    from tests.unit.test_training_core import training_spec
+
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    (upload / "data.jsonl").write_text('{"text": "hi"}\n')
+    spec = parse_job_spec(training_spec())
+
+    def job(n: int) -> Job:
+        record = spec.model_dump(mode="json")
+        return Job(id=f"j-{n}", account_id="acct-a", name="t", spec=record, upload_path=str(upload))
+
+    name = run_name_of(job(0), spec)
+    bucket = FakeBucket({f"acct-a/runs/{name}/steps.log": b"1 0.5 0.1\n"})
+    first = job(1)
+    assert choose_run_prefix(bucket, first, spec) == f"acct-a/runs/{name}/"  # resumed
+    assert first.run_dir == f"acct-a/runs/{name}/"
+    bucket.objects[f"acct-a/runs/{name}/result.json"] = b"{}"
+    assert choose_run_prefix(bucket, first, spec) == f"acct-a/runs/{name}/"  # chosen once
+    assert choose_run_prefix(bucket, job(2), spec) == f"acct-a/runs/{name}-r2/"
+
+    class Down(FakeBucket):
+        def list(self, prefix):
+            raise ConnectionError("connection refused")
+
+    with pytest.raises(Busy, match="object store"):
+        choose_run_prefix(Down({}), job(3), spec)
