@@ -24,7 +24,9 @@ class StoredRun:
             return None
 
     def exists(self, name: str) -> bool:
-        return any(True for _ in self.store.list(self.prefix + name))
+        """A file of that name, or a folder with something in it."""
+        key = self.prefix + name
+        return any(o.key == key or o.key.startswith(f"{key}/") for o in self.store.list(key))
 
     def fetch(self, folder: str, to: Path) -> Path | None:
         """Every object under the run's `folder` (a name the driver reported, checked

@@ -84,6 +84,7 @@ def test_the_coordinator_fetches_only_what_lies_inside_the_run(tmp_path):
     bucket = FakeBucket(
         {
             "acct-a/runs/r1/result.json": b"{}",
+            "acct-a/runs/r1/steps.log.old": b"not steps.log",
             "acct-a/runs/r1/step-000030/adapter/adapter_model.safetensors": b"w",
             "acct-a/runs/r1/step-000030/adapter/../../../../acct-b/x": b"evil",
             "acct-b/runs/r9/step-000001/adapter/adapter_model.safetensors": b"theirs",
