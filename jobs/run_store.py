@@ -11,6 +11,7 @@ file, and appending is read-modify-write by the run's one writer of that file (r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import time
@@ -41,7 +42,7 @@ class RunStore:
             if not bucket or not env.get(contract.S3_ENDPOINT):
                 raise KeyError(f"{contract.RUN_PREFIX} is set without the store's endpoint")
             return cls(f"{bucket}/{prefix.strip('/')}", True)
-        return cls(str(contract.run_dir(env)), False)
+        return cls(str(contract.run_dir(env).resolve()), False)
 
     @classmethod
     def of(cls, described: Mapping) -> RunStore:
@@ -67,15 +68,7 @@ class RunStore:
 
         if not self.in_store:
             return pyarrow.fs.LocalFileSystem()
-        env = os.environ
-        s3 = pyarrow.fs.S3FileSystem(
-            access_key=env["AWS_ACCESS_KEY_ID"],
-            secret_key=env["AWS_SECRET_ACCESS_KEY"],
-            region=env.get("AWS_REGION") or REGION_DEFAULT,
-            endpoint_override=env[contract.S3_ENDPOINT],  # with its scheme: pyarrow needs it
-            allow_bucket_creation=False,
-        )
-        return pyarrow.fs.PyFileSystem(_Keys(s3))
+        return pyarrow.fs.PyFileSystem(_Keys.from_env())
 
     def path(self, name: str) -> str:
         return f"{self.root.rstrip('/')}/{name}" if name else self.root
@@ -141,8 +134,28 @@ class _Keys(_keys_handler_base()):
     def __init__(self, s3):
         self.s3 = s3
 
-    def __reduce__(self):  # Ray ships the file system to every worker
-        return (_Keys, (self.s3,))
+    @classmethod
+    def from_env(cls) -> _Keys:
+        """Through the key of the lease this process runs in."""
+        import pyarrow.fs
+
+        env = os.environ
+        return cls(
+            pyarrow.fs.S3FileSystem(
+                access_key=env["AWS_ACCESS_KEY_ID"],
+                secret_key=env["AWS_SECRET_ACCESS_KEY"],
+                region=env.get("AWS_REGION") or REGION_DEFAULT,
+                endpoint_override=env[contract.S3_ENDPOINT],  # with its scheme: pyarrow needs it
+                allow_bucket_creation=False,
+            )
+        )
+
+    def __reduce__(self):
+        # Ray ships the file system to every worker, and Tune pickles it into the
+        # experiment state in the store: it travels without the key, and whoever unpickles
+        # it uses the key of their own lease (a resumed sweep runs on a new lease, whose
+        # key is not the revoked one of the lease that wrote the state).
+        return (_Keys.from_env, ())
 
     def __eq__(self, other):
         return isinstance(other, _Keys) and self.s3.equals(other.s3)
@@ -163,10 +176,32 @@ class _Keys(_keys_handler_base()):
         pass
 
     def delete_dir(self, path):
-        self.s3.delete_dir(path)
+        self.delete_dir_contents(path, missing_dir_ok=True)
+        self._delete_marker(path)
 
     def delete_dir_contents(self, path, missing_dir_ok=False):
-        self.s3.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+        # Object by object: pyarrow deletes a folder with DeleteObjects, which MinIO-era
+        # servers (JuiceFS's gateway) refuse without Content-MD5, which it does not send.
+        # Ray Train deletes old checkpoints this way (`CheckpointConfig.num_to_keep`).
+        import pyarrow.fs
+
+        selector = pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=missing_dir_ok)
+        infos = self.s3.get_file_info(selector)
+        for info in infos:
+            if info.type == pyarrow.fs.FileType.File:
+                self.s3.delete_file(info.path)
+        for info in sorted(infos, key=lambda i: i.path, reverse=True):  # deepest first
+            if info.type == pyarrow.fs.FileType.Directory:
+                self._delete_marker(info.path)
+
+    def _delete_marker(self, path):
+        """The empty `folder/` object pyarrow leaves so that a folder outlives its files."""
+        import pyarrow.fs
+
+        if self.s3.get_file_info(path).type == pyarrow.fs.FileType.Directory:
+            # Empty now: one DeleteObject of the marker (or none: only its keys implied it).
+            with contextlib.suppress(OSError):
+                self.s3.delete_dir(path)
 
     def delete_root_dir_contents(self):
         raise PermissionError("a lease never empties the bucket")

@@ -4,6 +4,7 @@ the cost cap, and the callback that keeps the coordinator's records (`records.py
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import time
@@ -14,6 +15,7 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from computeswarm.jobs import contract
+from computeswarm.jobs.run_store import RunStore
 from computeswarm.tune import records as rec
 from computeswarm.tune.budget import CostBook, LaunchDecision, TrialSpend, trial_cost_micros
 
@@ -34,17 +36,21 @@ class PlanSearcher(Searcher):
     or that finished, and relaunches the positions whose trials Tune never saved.
     """
 
-    def __init__(self, plan: SweepPlan, run_dir: Path, price_micros: int):
+    def __init__(self, plan: SweepPlan, run: RunStore, price_micros: int):
         super().__init__(metric=plan.metric, mode=plan.mode)
         self.configs = plan.configs
         self.max_iterations = plan.max_iterations
         self.max_concurrent = plan.max_concurrent
         self.cap_micros = plan.cap_micros
-        self.run_dir = str(run_dir)
+        self.run = run.describe()  # pickled into Tune's snapshots: no key, no file system
         self.price_micros = price_micros
 
+    @property
+    def _run(self) -> RunStore:
+        return _run_of(self.run)
+
     def suggest(self, trial_id: str) -> dict | str | None:
-        records = rec.read_trials(Path(self.run_dir))
+        records = rec.read_trials(self._run)
         if any(r.state == rec.SKIPPED_BUDGET for r in records):
             return Searcher.FINISHED
         launched = rec.launched_indices(records)
@@ -68,7 +74,7 @@ class PlanSearcher(Searcher):
             max_iterations=config["max_iterations"],
             price_micros=book.price_micros,
         )
-        rec.write_trial(Path(self.run_dir), record)  # launched: counted from now on
+        rec.write_trial(self._run, record)  # launched: counted from now on
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -98,7 +104,7 @@ class PlanSearcher(Searcher):
         now = time.time()
         for index in todo:
             params = self.configs[index]["params"]
-            rec.write_trial(Path(self.run_dir), rec.skipped(index, params, now))
+            rec.write_trial(self._run, rec.skipped(index, params, now))
         print(
             f"cost cap reached: spent {book.spent_micros} of {self.cap_micros} micros, "
             f"a trial is estimated at {book.estimate_micros()}; "
@@ -131,8 +137,8 @@ class SweepRecorder(Callback):
     records as they are, and marks the records of trials the restored Tune never heard of
     (launched after its last snapshot) as lost, so that their plan positions relaunch."""
 
-    def __init__(self, plan: SweepPlan, run_dir: Path, price_micros: int):
-        self.run_dir = Path(run_dir)
+    def __init__(self, plan: SweepPlan, run: RunStore, price_micros: int):
+        self.run = run.describe()  # as in PlanSearcher
         self.metric, self.mode = plan.metric, plan.mode
         self.planned = len(plan.configs)
         self.cap_micros = plan.cap_micros
@@ -161,7 +167,7 @@ class SweepRecorder(Callback):
             return
         self._reconciled = True
         known = {t.trial_id for t in trials}
-        for record in rec.read_trials(self.run_dir):
+        for record in rec.read_trials(self._run):
             if record.state == rec.RUNNING and record.trial_id not in known:
                 rec.finish(record, stopped=False, error=rec.LOST, now=time.time())
                 self._write(record)
@@ -192,13 +198,13 @@ class SweepRecorder(Callback):
         if result.get("done"):
             self._stopped.add(trial.trial_id)
         if trial.checkpoint is not None:
-            record.checkpoint = trial.checkpoint.path
+            record.checkpoint = rec.relative_to_run(self._run, trial.checkpoint.path)
         self._write(record)
         self._write_status()
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         record = self._record(trial)
-        record.checkpoint = checkpoint.path
+        record.checkpoint = rec.relative_to_run(self._run, checkpoint.path)
         self._write(record)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -216,7 +222,7 @@ class SweepRecorder(Callback):
         self._write_status()
 
     def _record(self, trial) -> rec.TrialRecord:
-        record = self._records.get(trial.trial_id) or rec.read_trial(self.run_dir, trial.trial_id)
+        record = self._records.get(trial.trial_id) or rec.read_trial(self._run, trial.trial_id)
         if record is None:  # the searcher writes one first; this is a fallback
             config = trial.config
             record = rec.TrialRecord(
@@ -228,18 +234,22 @@ class SweepRecorder(Callback):
         self._records[trial.trial_id] = record
         return record
 
+    @property
+    def _run(self) -> RunStore:
+        return _run_of(self.run)
+
     def _write(self, record: rec.TrialRecord) -> None:
-        rec.write_trial(self.run_dir, record)
+        rec.write_trial(self._run, record)
 
     def _write_status(self) -> None:
         status = rec.sweep_status(
-            rec.read_trials(self.run_dir),
+            rec.read_trials(self._run),
             planned=self.planned,
             price_micros=lease_price_micros(self.price_micros),
             cap_micros=self.cap_micros,
             finished=False,
         )
-        rec.write_json(self.run_dir / rec.SWEEP_FILE, status)
+        rec.write_json(self._run, rec.SWEEP_FILE, status)
 
 
 def lease_price_micros(default: int = 0) -> int:
@@ -247,6 +257,15 @@ def lease_price_micros(default: int = 0) -> int:
     on a new lease at another price, and its pickled objects keep the old one."""
     raw = os.environ.get(contract.PRICE_MICROS)
     return int(raw) if raw else default
+
+
+@functools.cache
+def _run_of_cached(root: str, in_store: bool) -> RunStore:
+    return RunStore(root, in_store)  # one file system (one S3 client) per run and process
+
+
+def _run_of(described: dict) -> RunStore:
+    return _run_of_cached(str(described["root"]), bool(described["in_store"]))
 
 
 def _actor_ip(trial) -> str | None:

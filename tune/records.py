@@ -1,24 +1,26 @@
 """The files a sweep writes into its run folder for the coordinator to ingest.
 
-    run_dir/trials/<trial_id>.json   one per launched (or budget-skipped) trial
-    run_dir/sweep.json               progress: planned/launched/finished, busy nodes, spend
-    run_dir/result.json              at the end: the best trial and its adapter
+    trials/<trial_id>.json   one per launched (or budget-skipped) trial
+    sweep.json               progress: planned/launched/finished, busy nodes, spend
+    result.json              at the end: the best trial and its adapter (names relative
+                             to the run folder)
 
-Every write is atomic (a temp file in the same folder, then `os.replace`): a reader sees a
-whole old file or a whole new one. The record shape and the pure functions that update it
-live here; `run.py` calls them from Tune's callbacks. Reading is lenient (unknown keys are
-kept, missing ones defaulted) since the coordinator and older drivers share these files.
+The run folder is a `RunStore`: a prefix in the object store on a lease, a local folder
+for a driver run by hand. Every write is one whole object (a PUT, or a rename locally): a
+reader sees a whole old file or a whole new one. The record shape and the pure functions
+that update it live here; `run.py` calls them from Tune's callbacks. Reading is lenient
+(unknown keys are kept, missing ones defaulted) since the coordinator and older drivers
+share these files.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import posixpath
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 from computeswarm.jobs import contract
+from computeswarm.jobs.run_store import RunStore
 from computeswarm.tune.budget import trial_cost_micros
 
 TRIALS_DIR, SWEEP_FILE, RESULT_FILE = contract.TRIALS_DIR, contract.SWEEP_FILE, contract.RESULT_FILE
@@ -63,7 +65,7 @@ TUNE_FIELDS = frozenset(
 
 @dataclass
 class TrialRecord:
-    """`run_dir/trials/<trial_id>.json`. `gpu_seconds` is the trial's GPU time so far (the
+    """`trials/<trial_id>.json`. `gpu_seconds` is the trial's GPU time so far (the
     `trial_seconds` it reports, else Tune's `time_total_s`); `cost_micros` is always
     `trial_cost_micros(gpu_seconds, price_micros)`."""
 
@@ -79,7 +81,7 @@ class TrialRecord:
     gpu_seconds: float = 0.0
     cost_micros: int = 0
     price_micros: int = 0
-    checkpoint: str | None = None  # the latest checkpoint folder
+    checkpoint: str | None = None  # the latest checkpoint folder, relative to the run
     node_ip: str | None = None
     started_at: float | None = None
     ended_at: float | None = None
@@ -229,50 +231,52 @@ def sweep_result(records: list[TrialRecord], *, metric: str, mode: str, lora: bo
     }
 
 
-def trial_path(run_dir: Path, trial_id: str) -> Path:
-    return Path(run_dir) / TRIALS_DIR / f"{trial_id}.json"
+def trial_name(trial_id: str) -> str:
+    return f"{TRIALS_DIR}/{trial_id}.json"
 
 
-def write_trial(run_dir: Path, record: TrialRecord) -> None:
-    write_json(trial_path(run_dir, record.trial_id), record.to_dict())
+def write_trial(run: RunStore, record: TrialRecord) -> None:
+    write_json(run, trial_name(record.trial_id), record.to_dict())
 
 
-def read_trial(run_dir: Path, trial_id: str) -> TrialRecord | None:
-    data = read_json(trial_path(run_dir, trial_id))
+def read_trial(run: RunStore, trial_id: str) -> TrialRecord | None:
+    data = read_json(run, trial_name(trial_id))
     return None if data is None else TrialRecord.from_dict(data)
 
 
-def read_trials(run_dir: Path) -> list[TrialRecord]:
+def read_trials(run: RunStore) -> list[TrialRecord]:
     """Every trial record, in plan order."""
     records = []
-    for path in sorted((Path(run_dir) / TRIALS_DIR).glob("*.json")):
-        data = read_json(path)
+    for name in run.listdir(TRIALS_DIR):
+        data = read_json(run, f"{TRIALS_DIR}/{name}") if name.endswith(".json") else None
         if data is not None:
             records.append(TrialRecord.from_dict(data))
     return sorted(records, key=lambda r: (r.index, r.started_at or 0.0))
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write atomically: readers see the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+def write_json(run: RunStore, name: str, data: dict) -> None:
+    """One whole object: readers see the old file or the new one, never a torn one."""
+    run.write_text(name, json.dumps(data, indent=2))
 
 
-def read_json(path: Path) -> dict | None:
+def read_json(run: RunStore, name: str) -> dict | None:
     """The file's JSON object, or None if it is missing or unreadable."""
     try:
-        data = json.loads(Path(path).read_text())
+        text = run.read_text(name)
+        data = json.loads(text) if text is not None else None
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def relative_to_run(run: RunStore, path: str | None) -> str | None:
+    """A checkpoint path as Tune reports it (in the run's file system) made relative to
+    the run folder, the only form the coordinator accepts; None if it lies elsewhere."""
+    if not path:
+        return None
+    root = run.root.rstrip("/") + "/"
+    path = posixpath.normpath(path) if not run.in_store else path
+    return path[len(root) :] if path.startswith(root) else None
 
 
 def _json_scalar(value) -> bool:

@@ -7,15 +7,19 @@ the coordinator informed through files there (see `records.py`): one record per 
 trial and its adapter.
 
 A `PlanSearcher` hands out the plan in order and stops when it is used up or when the cost
-cap would not cover another trial. The experiment lives in `$COMPUTESWARM_RUN_DIR/experiment`:
-if it is there already (a lost seller killed the driver, the coordinator restarted and
-resubmitted the job), the driver restores it: finished trials are kept, unfinished ones
-resume from their checkpoints, and the plan continues where it was.
+cap would not cover another trial. The experiment lives in the run folder's `experiment/`
+(Tune writes its snapshots and the trials' checkpoints there through the lease's store
+key, as Ray Train does: sellers are separate machines). If it is there already (a lost
+seller killed the driver, the coordinator restarted and resubmitted the job), the driver
+restores it: finished trials are kept, unfinished ones resume from their checkpoints, and
+the plan continues where it was.
 
-Environment: COMPUTESWARM_RUN_DIR (required), COMPUTESWARM_PRICE_MICROS (the lease's price
-per GPU-hour, integer micros), COMPUTESWARM_NODE_IP (this node's overlay IP for ray.init);
-for local runs without a cluster (no RAY_ADDRESS): COMPUTESWARM_LOCAL_GPUS (start a local
-Ray with that many logical GPUs), COMPUTESWARM_LOCAL_CPUS, COMPUTESWARM_LOCAL_RAY_TMP.
+Environment: the run folder (COMPUTESWARM_RUN_PREFIX with the store's endpoint and key, or
+COMPUTESWARM_RUN_DIR for a local folder; see `jobs/run_store.py`),
+COMPUTESWARM_PRICE_MICROS (the lease's price per GPU-hour, integer micros),
+COMPUTESWARM_NODE_IP (this node's overlay IP for ray.init); for local runs without a
+cluster (no RAY_ADDRESS): COMPUTESWARM_LOCAL_GPUS (start a local Ray with that many logical
+GPUs), COMPUTESWARM_LOCAL_CPUS, COMPUTESWARM_LOCAL_RAY_TMP.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from computeswarm.jobs import contract
+from computeswarm.jobs.run_store import RunStore
 from computeswarm.tune import records as rec
 from computeswarm.tune.experiment import PlanSearcher, SweepRecorder, lease_price_micros
 from computeswarm.tune.space import apply, expand
@@ -62,12 +67,12 @@ class SweepPlan:
         return train_lora_trial if self.kind == "lora" else run_function_trial
 
 
-def plan_sweep(spec: dict, workdir: Path, run_dir: Path) -> SweepPlan:
+def plan_sweep(spec: dict, workdir: Path, run: RunStore) -> SweepPlan:
     """The plan and settings of a sweep spec (a `SweepJob.model_dump(mode="json")`)."""
     trial = spec["trial"]
     params = expand(spec.get("search_space") or {}, spec.get("num_samples") or 1, spec["seed"])
     scheduler = dict(spec.get("scheduler") or {"type": "fifo"})
-    base = {"run_dir": str(run_dir), "workdir": str(Path(workdir).resolve())}
+    base = {"run": run.describe(), "workdir": str(Path(workdir).resolve())}
     if trial.get("lora"):
         kind, configs, lengths = "lora", [], []
         from computeswarm.jobs.train.data import read_jsonl
@@ -120,14 +125,13 @@ def plan_sweep(spec: dict, workdir: Path, run_dir: Path) -> SweepPlan:
 
 def main(argv: list[str]) -> int:
     spec = contract.read_spec(argv[1]).model_dump(mode="json")
-    run_dir = contract.run_dir().resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunStore.from_env()
     # Trials stay in the job's working dir (Tune would move them into their trial folders).
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_PERIOD_S)
     # Frequent snapshots are intended here (see SNAPSHOT_PERIOD_S): not worth a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    plan = plan_sweep(spec, Path.cwd(), run_dir)
+    plan = plan_sweep(spec, Path.cwd(), run)
     price = lease_price_micros()
     # A trial that ended after Tune's last snapshot is restored and returns at once with no
     # result of its own (see trainable._already_finished): Tune's strict check would fail
@@ -140,11 +144,15 @@ def main(argv: list[str]) -> int:
 
     connect()
     trainable = tune.with_resources(plan.trainable, plan.trial_resources)
-    experiment = run_dir / EXPERIMENT
-    if tune.Tuner.can_restore(str(experiment)):
+    experiment = run.path(EXPERIMENT)
+    if tune.Tuner.can_restore(experiment, storage_filesystem=run.fs):
         print(f"restoring the sweep from {experiment}", flush=True)
         tuner = tune.Tuner.restore(
-            str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
+            experiment,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=run.fs,
         )
     else:
         print(f"starting a sweep of {len(plan.configs)} trials in {experiment}", flush=True)
@@ -154,7 +162,7 @@ def main(argv: list[str]) -> int:
                 metric=plan.metric,
                 mode=plan.mode,
                 scheduler=make_scheduler(plan),
-                search_alg=PlanSearcher(plan, run_dir, price),
+                search_alg=PlanSearcher(plan, run, price),
                 num_samples=-1,  # until the searcher says FINISHED (lost trials relaunch)
                 # No max_concurrent_trials: the searcher limits launches itself, from the
                 # records (Tune's ConcurrencyLimiter state can lag them after a restore).
@@ -165,18 +173,19 @@ def main(argv: list[str]) -> int:
             ),
             run_config=tune.RunConfig(
                 name=EXPERIMENT,
-                storage_path=str(run_dir),
+                storage_path=run.root,
+                storage_filesystem=run.fs,
                 failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[SweepRecorder(plan, run_dir, price)],
+                callbacks=[SweepRecorder(plan, run, price)],
                 verbose=1,
             ),
         )
     tuner.fit()
 
-    trials = rec.read_trials(run_dir)
+    trials = rec.read_trials(run)
     result = rec.sweep_result(trials, metric=plan.metric, mode=plan.mode, lora=plan.kind == "lora")
-    rec.write_json(run_dir / rec.RESULT_FILE, result)
+    rec.write_json(run, rec.RESULT_FILE, result)
     status = rec.sweep_status(
         trials,
         planned=len(plan.configs),
@@ -184,7 +193,7 @@ def main(argv: list[str]) -> int:
         cap_micros=plan.cap_micros,
         finished=True,
     )
-    rec.write_json(run_dir / rec.SWEEP_FILE, status)
+    rec.write_json(run, rec.SWEEP_FILE, status)
     print(f"sweep finished: {json.dumps(result['best'])}", flush=True)
     return 0 if result["best"] else 1
 

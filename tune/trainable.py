@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from computeswarm.jobs.run_store import RunStore
 from computeswarm.tune.records import read_trial
 
 STATE_FILE = "state.json"
@@ -36,8 +37,8 @@ def reports_per_trial(steps: int, eval_every: int) -> int:
 def train_lora_trial(config: dict) -> None:
     """Tune trainable. `config` = {"trial": the applied `trial.lora` settings (model and
     dataset paths made absolute by the driver), "params": this trial's sampled values,
-    "index": its plan position, "max_iterations": its planned reports, "run_dir": the
-    sweep's folder, "workdir": the driver's working dir}."""
+    "index": its plan position, "max_iterations": its planned reports, "run": the
+    sweep's run folder (`RunStore.describe()`), "workdir": the driver's working dir}."""
     started = time.monotonic()
     if _already_finished(config):
         return
@@ -188,10 +189,9 @@ def _already_finished(config: dict) -> bool:
     Tune can restore a trial that finished after its last experiment snapshot: it must not
     train again (an ASHA-stopped trial would otherwise continue past its stop). Errored
     trials are not "finished": a restored sweep resumes them."""
-    run_dir = config.get("run_dir")
-    if not run_dir:
+    if not config.get("run"):
         return False
     import ray.tune
 
-    record = read_trial(Path(run_dir), ray.tune.get_context().get_trial_id())
+    record = read_trial(RunStore.of(config["run"]), ray.tune.get_context().get_trial_id())
     return record is not None and record.done

@@ -115,6 +115,8 @@ class TrialView(ResponseModel):
     cost_micros: int = 0
     lease_id: str | None = None
     history: list[Any] = Field(default_factory=list)
+    started_at: float | None = Field(None, description="When it started (Unix seconds).")
+    ended_at: float | None = Field(None, description="When it ended, if it has.")
 
 
 class SweepBoard(ResponseModel):

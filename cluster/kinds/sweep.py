@@ -2,17 +2,20 @@
 the driver's trial records become rows in the store, idle sellers leave the lease early,
 and the best trial's adapter becomes a model version.
 
-The driver (`tune/run.py`) writes its records into the sweep's run folder in the buyer's
-job storage; the coordinator reads them each tick. The folder outlives the lease: a sweep
-whose lease ends under it (the coordinator restarted, the driver's seller was lost) goes
-back to the queue and its next lease restores the experiment (`Tuner.restore`), so no
-finished trial runs again.
+The driver (`tune/run.py`) writes its records, Tune's experiment and the trials'
+checkpoints into the sweep's run folder, a prefix in the object store (as a training run's:
+`training.choose_run_prefix`); the coordinator reads the records back from the store each
+tick, never from a seller's disk. The folder outlives the lease: a sweep whose lease ends
+under it (the coordinator restarted, the driver's seller was lost) goes back to the queue
+and its next lease restores the experiment (`Tuner.restore`), so no finished trial runs
+again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,9 @@ from computeswarm.cluster.kinds import training as training_jobs
 from computeswarm.cluster.kinds.base import JobKind, RayJob, Where
 from computeswarm.cluster.leases.states import MemberState
 from computeswarm.cluster.models import registry as model_registry
+from computeswarm.cluster.objects.client import UNAVAILABLE, ObjectStore
+from computeswarm.cluster.objects.layout import Grant, job_prefix
+from computeswarm.cluster.objects.runs import StoredRun
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller, SweepTrial
 from computeswarm.jobs import contract
 from computeswarm.jobs.money import money_text
@@ -38,33 +44,35 @@ class SweepKind(JobKind):
     name = "sweep"
     resumable = True  # the next lease restores the Tune experiment from the run folder
 
-    def lease_files(self, db, job: Job, spec: SweepJob, where: Where) -> dict[str, list[str]]:
-        return {"read": [], "write": [str(training_jobs.choose_run_dir(where.storage, job, spec))]}
+    def object_grant(self, db, job: Job, spec: SweepJob, where: Where) -> Grant:
+        prefix = training_jobs.choose_run_prefix(training_jobs.store_of(where), job, spec)
+        return Grant(write=(job_prefix(job.account_id, job.id), prefix))
 
     def render(self, db, job: Job, spec: SweepJob, lease: Lease, where: Where) -> RayJob:
-        return render(job, spec, where.storage, member_prices(db, lease.id))
+        store = training_jobs.store_of(where)
+        return render(job, spec, store, member_prices(db, lease.id))
 
     def on_tick(self, db, job: Job, lease: Lease, where: Where) -> list[str]:
-        ingest(db, job, where.storage)
-        return shrink(db, lease, job, where.storage)
+        ingest(db, job, where.objects)
+        return shrink(db, lease, job, where.objects)
 
     def on_release(self, db, job: Job, where: Where) -> None:
-        ingest(db, job, where.storage)
+        ingest(db, job, where.objects)
 
     def register(self, db, job: Job, where: Where, now: float) -> dict | None:
-        return register_best(db, job, where.storage, where.models, now)
+        return register_best(db, job, training_jobs.store_of(where), where.models, now)
 
     def view(self, db, job: Job, where: Where) -> dict:
         return {"sweep": summary(db, job)}
 
 
-def render(job: Job, spec: SweepJob, storage: Path, prices: dict[str, int]) -> RayJob:
+def render(job: Job, spec: SweepJob, store: ObjectStore, prices: dict[str, int]) -> RayJob:
     """The Tune driver's entrypoint and environment. `prices` maps each member's overlay
     IP to its price per GPU-hour; the driver budgets with the dearest (a cap is a ceiling)."""
-    folder = training_jobs.choose_run_dir(storage, job, spec)
+    prefix = training_jobs.choose_run_prefix(store, job, spec)
     contract.write_spec(Path(job.upload_path), job.spec)
     env = {
-        contract.RUN_DIR: str(folder),
+        contract.RUN_PREFIX: prefix,
         contract.PRICE_MICROS: str(max(prices.values(), default=0)),
     }
     return RayJob(ENTRYPOINT, env)
@@ -80,25 +88,29 @@ def member_prices(db, lease_id: str) -> dict[str, int]:
     return {address: price for address, price in rows}
 
 
-def ingest(db, job: Job, storage: Path) -> int:
-    """Copy the driver's trial records into the store; returns how many changed. A trial's
-    cost is priced here, at the price of the seller it ran on. Only the scheduler calls
-    this (one writer: readers see the rows of its last tick)."""
-    folder = (
-        training_jobs.run_dir(storage, job, SweepJob.model_validate(job.spec)) / contract.TRIALS_DIR
-    )
-    if not folder.is_dir():
+def ingest(db, job: Job, store: ObjectStore | None) -> int:
+    """Copy the driver's trial records from the run folder into the database; returns how
+    many changed. A trial's cost is priced here, at the price of the seller it ran on. Only
+    the scheduler calls this (one writer: readers see the rows of its last tick). A store
+    that cannot be read now is read at the next tick."""
+    run = training_jobs.stored_run(store, job)
+    if run is None:
+        return 0
+    try:
+        texts = [run.read_text(f"{contract.TRIALS_DIR}/{name}") for name in _trial_files(run)]
+    except UNAVAILABLE as e:
+        log.warning("job %s: cannot read its trial records now: %s", job.id, e)
         return 0
     prices = member_prices(db, job.lease_id) if job.lease_id else {}
     rows = {
         t.trial_id: t for t in db.scalars(select(SweepTrial).where(SweepTrial.job_id == job.id))
     }
     changed = 0
-    for path in sorted(folder.glob("*.json")):
+    for text in texts:
         try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # being replaced right now: next tick
+            record = json.loads(text or "")
+        except ValueError:
+            continue  # gone since the listing: next tick
         row = rows.get(record["trial_id"])
         if row is not None and row.state in TERMINAL_TRIALS:
             continue  # finished trials never change (a restored sweep does not rerun them)
@@ -141,17 +153,21 @@ def idle_members(status: dict, members: list[tuple[int, str, bool]]) -> Shrink:
     return Shrink(tuple(mid for mid, ip, driver in members if not driver and ip not in busy))
 
 
-def sweep_status(storage: Path, job: Job) -> dict:
-    path = (
-        training_jobs.run_dir(storage, job, SweepJob.model_validate(job.spec)) / contract.SWEEP_FILE
-    )
+def _trial_files(run: StoredRun) -> list[str]:
+    return [name for name in run.names(contract.TRIALS_DIR) if name.endswith(".json")]
+
+
+def sweep_status(store: ObjectStore | None, job: Job) -> dict:
+    """The driver's `sweep.json`; {} while there is none or the store cannot say."""
+    run = training_jobs.stored_run(store, job)
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        status = json.loads((run and run.read_text(contract.SWEEP_FILE)) or "{}")
+    except (*UNAVAILABLE, ValueError):
         return {}
+    return status if isinstance(status, dict) else {}
 
 
-def shrink(db, lease: Lease, job: Job, storage: Path) -> list[str]:
+def shrink(db, lease: Lease, job: Job, store: ObjectStore | None) -> list[str]:
     """Release idle sellers of a running sweep; returns their ids. They stop being billed
     now; the lease goes on with the rest."""
     rows = db.execute(
@@ -163,22 +179,27 @@ def shrink(db, lease: Lease, job: Job, storage: Path) -> list[str]:
         )
     ).all()
     decision = idle_members(
-        sweep_status(storage, job), [(m.id, address, m.driver) for m, address in rows]
+        sweep_status(store, job), [(m.id, address, m.driver) for m, address in rows]
     )
     return [m.seller_id for m, _ in rows if m.id in decision.member_ids]
 
 
-def register_best(db, job: Job, storage: Path, models_root: Path, now: float) -> dict | None:
-    """The best trial's adapter becomes the next version of the sweep's model."""
+def register_best(db, job: Job, store: ObjectStore, models_root: Path, now: float) -> dict | None:
+    """The best trial's adapter, fetched from the run folder in the store, becomes the next
+    version of the sweep's model."""
     spec = SweepJob.model_validate(job.spec)
-    if spec.trial.lora is None:
+    run = training_jobs.stored_run(store, job)
+    text = run.read_text(contract.RESULT_FILE) if run and spec.trial.lora else None
+    if text is None:
         return None
-    result_path = training_jobs.run_dir(storage, job, spec) / contract.RESULT_FILE
-    if not result_path.exists():
-        return None
-    result = json.loads(result_path.read_text())
+    result = json.loads(text)
     best = result.get("best") if isinstance(result.get("best"), dict) else {}
-    adapter = training_jobs.inside(training_jobs.run_dir(storage, job, spec), best.get("adapter"))
+    with tempfile.TemporaryDirectory() as staging:
+        return _register(db, job, spec, run, best, Path(staging), models_root, now)
+
+
+def _register(db, job, spec: SweepJob, run: StoredRun, best: dict, staging: Path, models_root, now):
+    adapter = run.fetch(best.get("adapter"), staging / "adapter")
     if adapter is None:
         log.warning("job %s: the sweep left no best adapter (inside its run folder)", job.id)
         return None
@@ -197,7 +218,7 @@ def register_best(db, job: Job, storage: Path, models_root: Path, now: float) ->
             "trial_id": best.get("trial_id"),
             "params": best.get("params"),
         },
-        checkpoint=best.get("checkpoint") or "",
+        checkpoint=run.prefix + str(best.get("checkpoint") or "")[:200],
         job_id=job.id,
         parent=None,
         now=now,
@@ -238,6 +259,8 @@ def leaderboard(db, job: Job, bill_micros: int | None) -> dict:
                 "cost_micros": t.cost_micros,
                 "lease_id": t.lease_id,
                 "history": t.history,
+                "started_at": t.started_at,
+                "ended_at": t.ended_at,
             }
             for t in trials
         ],

@@ -6,7 +6,7 @@ what the weights depend on (spec and data hashes): a resubmitted job lands in th
 folder and Ray Train resumes it from its latest complete checkpoint, on whichever sellers
 the new lease has. The lease's key writes only there (and its job's prefix); the
 coordinator reads progress, the result and the adapter back through the store, never from
-a seller's disk. (A sweep's run folder is still a folder of the job storage: `run_dir`.)
+a seller's disk. A sweep's run folder is chosen the same way (`kinds/sweep.py`).
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ class TrainingKind(JobKind):
     """What `lora` and `pipeline` share: a run folder in the store, and its progress."""
 
     def render(self, db, job: Job, spec, lease: Lease, where: Where) -> RayJob:
-        return render(db, job, spec, _store(where))
+        return render(db, job, spec, store_of(where))
 
     def object_grant(self, db, job: Job, spec, where: Where) -> Grant:
-        prefix = choose_run_prefix(_store(where), job, spec)
+        prefix = choose_run_prefix(store_of(where), job, spec)
         return Grant(write=(job_prefix(job.account_id, job.id), prefix))
 
     def view(self, db, job: Job, where: Where) -> dict:
@@ -59,7 +59,7 @@ class LoraKind(TrainingKind):
         return files
 
     def register(self, db, job: Job, where: Where, now: float) -> dict | None:
-        return register_result(db, job, _store(where), where.models, now)
+        return register_result(db, job, store_of(where), where.models, now)
 
 
 class PipelineKind(TrainingKind):
@@ -72,32 +72,6 @@ class PipelineKind(TrainingKind):
         return out
 
 
-def run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJob) -> Path:
-    """The job's run folder: the one chosen when it started (recorded by the coordinator,
-    never taken from the upload), else the one it would get."""
-    if job.run_dir:
-        return Path(job.run_dir)
-    folder = "sweeps" if spec.kind == "sweep" else "runs"  # (folder names predate kinds/)
-    return storage / job.account_id / folder / run_name_of(job, spec)
-
-
-def choose_run_dir(storage: Path, job: Job, spec: LoraJob | PipelineJob | SweepJob) -> Path:
-    """Same spec and data as an unfinished run: that folder, so training resumes from its
-    latest complete checkpoint. As a finished one: a fresh attempt folder (-r2, -r3...).
-    A job that chose its folder before (a requeued sweep) keeps it, finished or not."""
-    if job.run_dir:
-        return Path(job.run_dir)
-    base = run_dir(storage, job, spec)
-    folder, attempt = base, 1
-    while (folder / contract.RESULT_FILE).exists():
-        attempt += 1
-        folder = base.with_name(f"{base.name}-r{attempt}")
-    if (folder / contract.STEPS_LOG).exists():
-        log.info("job %s: resuming the unfinished run %s", job.id, folder.name)
-    job.run_dir = str(folder)
-    return folder
-
-
 def run_name_of(job: Job, spec: LoraJob | PipelineJob | SweepJob) -> str:
     """The run's name: the job's name and the hash of what its weights depend on."""
     dataset = spec.data_file
@@ -105,10 +79,11 @@ def run_name_of(job: Job, spec: LoraJob | PipelineJob | SweepJob) -> str:
     return run_name(job.name, spec_hash(job.spec), data)
 
 
-def choose_run_prefix(store: ObjectStore, job: Job, spec: LoraJob | PipelineJob) -> str:
-    """The run folder in the store, chosen as `choose_run_dir` chooses a local one: an
-    unfinished run of the same spec and data is resumed, a finished one gets a fresh
-    attempt (-r2, -r3...); recorded in the job, so it is chosen once."""
+def choose_run_prefix(store: ObjectStore, job: Job, spec: LoraJob | PipelineJob | SweepJob) -> str:
+    """The run folder in the store: an unfinished run of the same spec and data is resumed
+    (Ray Train from its latest complete checkpoint, Tune from its experiment), a finished
+    one gets a fresh attempt (-r2, -r3...); recorded in the job, so it is chosen once (a
+    requeued sweep keeps its folder, finished or not)."""
     if job.run_dir:
         return job.run_dir
     base = run_name_of(job, spec)
@@ -133,7 +108,7 @@ def stored_run(store: ObjectStore | None, job: Job) -> StoredRun | None:
     return StoredRun(store, job.run_dir)
 
 
-def _store(where: Where) -> ObjectStore:
+def store_of(where: Where) -> ObjectStore:
     if where.objects is None:
         raise Busy("the object store is not running; training runs keep their files there")
     return where.objects
@@ -190,19 +165,6 @@ def _register(db, job, run: StoredRun, result: dict, staging: Path, models_root,
     )
     db.flush()
     return model_registry.view(version)
-
-
-def inside(folder: Path, claimed: object) -> Path | None:
-    """The folder a driver's result names, if it is a real folder inside the job's own run
-    folder. A driver is buyer code: its result may name any path (another buyer's upload,
-    the hub's keys), and only the coordinator's own record says where the run lives."""
-    if not isinstance(claimed, str) or not claimed or "\0" in claimed:
-        return None
-    root = Path(folder).resolve()
-    target = (root / claimed).resolve()  # an absolute claim replaces root; then checked
-    if root not in target.parents or not target.is_dir():
-        return None
-    return target
 
 
 def progress(job: Job, store: ObjectStore | None) -> dict:

@@ -7,11 +7,15 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from computeswarm.cluster.objects.layout import account_of
 from computeswarm.cluster.objects.server import Credentials
 
 REGION = "us-east-1"
 OWNED = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")  # create_bucket twice: fine
+# What a store that is down, slow or refusing raises: a reader waits for the next tick.
+UNAVAILABLE = (BotoCoreError, ClientError)
 
 
 class ObjectMissing(KeyError):
@@ -57,8 +61,6 @@ class ObjectStore:
         self.s3 = s3_client(endpoint, credentials)
 
     def ensure_bucket(self) -> None:
-        from botocore.exceptions import ClientError
-
         try:
             self.s3.create_bucket(Bucket=self.bucket)
         except ClientError as e:
@@ -72,8 +74,6 @@ class ObjectStore:
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
 
     def get_bytes(self, key: str) -> bytes:
-        from botocore.exceptions import ClientError
-
         try:
             return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as e:

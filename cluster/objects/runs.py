@@ -23,6 +23,11 @@ class StoredRun:
         except ObjectMissing:
             return None
 
+    def names(self, folder: str) -> list[str]:
+        """Names directly below the run's `folder` (files and folders), sorted."""
+        below = f"{self.prefix}{folder.strip('/')}/"
+        return sorted({o.key[len(below) :].split("/", 1)[0] for o in self.store.list(below)})
+
     def exists(self, name: str) -> bool:
         """A file of that name, or a folder with something in it."""
         key = self.prefix + name

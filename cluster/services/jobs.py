@@ -283,7 +283,7 @@ class JobsService:
                 raise NotFound(f"job {job_id} is not a sweep")
             out = sweep_jobs.leaderboard(db, job, _billed(db, job.id))
             out["job_id"], out["state"] = job.id, job.state
-            out["status"] = sweep_jobs.sweep_status(self.where().storage, job)
+            out["status"] = sweep_jobs.sweep_status(self.where().objects, job)
             version = model_registry.made_by(db, job.id)
             out["model_version"] = f"{version.name}@{version.version}" if version else None
             return out

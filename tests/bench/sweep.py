@@ -27,9 +27,9 @@ Per job, with the same definitions on both sides:
 (a) end-to-end: submit (`POST /v1/jobs`) -> the job first seen `succeeded`, polled every
     0.5 s by this process (lease formation, driver, trials, teardown of the driver).
 (b) experiment wall: the first trial's start -> the last trial's end. ComputeSwarm: the
-    `started_at` / `ended_at` of the trial records in the sweep's run folder
-    (`<state>/head/storage/<account>/sweeps/<run>/trials/*.json`, read-only; the folder is
-    the one whose records are the leaderboard's trials), stamped by SweepRecorder in Tune's
+    `started_at` / `ended_at` of the leaderboard's trials (`GET /v1/sweeps/<job>`, which
+    the coordinator ingests from the trial records in the sweep's run folder in the object
+    store), stamped by SweepRecorder in Tune's
     `on_trial_start` / `on_trial_complete`. Plain Tune: a timing-only callback that stamps
     `time.time()` in the same two hooks (and `on_trial_error`) and does nothing else.
 (c) per-trial overhead = (experiment wall x 2 concurrent - the sum of the trials'
@@ -103,6 +103,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
+from computeswarm.jobs.run_store import RunStore
 from computeswarm.jobs.spec import parse_job_spec
 from computeswarm.tune.run import make_scheduler, plan_sweep
 
@@ -134,7 +135,7 @@ class TrialClock(tune.Callback):
 spec = parse_job_spec(json.loads(Path(sys.argv[1]).read_text())).model_dump(mode="json")
 run_dir = Path(sys.argv[2]).resolve()
 run_dir.mkdir(parents=True, exist_ok=True)
-plan = plan_sweep(spec, Path.cwd(), run_dir)
+plan = plan_sweep(spec, Path.cwd(), RunStore(str(run_dir), False))
 ray.init(_node_ip_address=os.environ.get("COMPUTESWARM_NODE_IP"))
 clock = TrialClock()
 tuner = tune.Tuner(
@@ -324,39 +325,28 @@ def _make_working_dir(folder: Path, sweep: dict) -> None:
 
 
 def _run_swarm(swarm, buyer, admin, sweep: dict, blob: bytes, leases, timeout: float) -> Side:
-    """The `sweep` job; its trial records from the sweep's run folder."""
+    """The `sweep` job; its trials as the leaderboard shows them (the coordinator ingests
+    them from the sweep's run folder in the object store)."""
     from computeswarm.tune import records as rec
 
     job, end_to_end, resubmits = _run_job(buyer, admin, sweep, blob, leases, timeout)
     board = buyer.sweep(job["id"])
-    ids = {t["trial_id"] for t in board["trials"]}
-    run_dir = _run_folder(swarm, ids)
-    ran = [r for r in rec.read_trials(run_dir) if r.state != rec.SKIPPED_BUDGET]
-    if {r.trial_id for r in ran} != ids:
-        raise RuntimeError(f"the run folder {run_dir} and the leaderboard disagree on trials")
+    ran = [t for t in board["trials"] if t["state"] != rec.SKIPPED_BUDGET]
+    if not ran or any(t["started_at"] is None or t["ended_at"] is None for t in ran):
+        raise RuntimeError(f"the leaderboard has unfinished trials: {board['trials']}")
     return Side(
         end_to_end_s=end_to_end,
         lease_s=job["started_at"] - job["created_at"],
         driver_s=job["ended_at"] - job["started_at"],
-        experiment_s=max(r.ended_at for r in ran) - min(r.started_at for r in ran),
-        trial_seconds=sum(r.gpu_seconds for r in ran),
+        experiment_s=max(t["ended_at"] for t in ran) - min(t["started_at"] for t in ran),
+        trial_seconds=sum(t["gpu_seconds"] for t in ran),
         trials=len(ran),
-        completed=sum(r.state == rec.COMPLETED for r in ran),
-        stopped_early=sum(r.state == rec.STOPPED_EARLY for r in ran),
-        errors=sum(r.state == rec.ERROR for r in ran),
-        reports=sum(r.iterations for r in ran),
+        completed=sum(t["state"] == rec.COMPLETED for t in ran),
+        stopped_early=sum(t["state"] == rec.STOPPED_EARLY for t in ran),
+        errors=sum(t["state"] == rec.ERROR for t in ran),
+        reports=sum(t["iterations"] for t in ran),
         resubmits=resubmits,
     )
-
-
-def _run_folder(swarm, trial_ids: set[str]) -> Path:
-    """The sweep run folder in the coordinator's job storage holding these trials' records
-    (every round's sweep has the same spec and data: `-r2`, `-r3`... folders)."""
-    storage = Path(swarm.state_dir) / "head" / "storage"
-    for trials in sorted(storage.glob("*/sweeps/*/trials")):
-        if trial_ids and trial_ids <= {p.stem for p in trials.glob("*.json")}:
-            return trials.parent
-    raise RuntimeError(f"no sweep run folder under {storage} holds trials {sorted(trial_ids)}")
 
 
 def _run_plain(

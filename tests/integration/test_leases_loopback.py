@@ -653,3 +653,9 @@ def test_a_sweep_whose_driver_seller_vanishes_resumes_on_a_new_lease(swarm, tmp_
         ), f"finished trial {trial_id} changed after the loss"
     leases = {t["lease_id"] for t in kept.values()}
     assert len(leases) == 2 and done["lease"]["id"] != first["lease"]["id"], kept
+    # The experiment lived in the object store, not on the lost seller's disk or the head's.
+    keys = [o.key for o in swarm.objects().list("") if "/runs/vanishing-sweep" in o.key]
+    stored = {k.rsplit("/", 1)[1] for k in keys if "/trials/" in k}
+    assert {f"{t}.json" for t in kept} <= stored, keys
+    assert any(k.endswith("/sweep.json") for k in keys) and any("/experiment/" in k for k in keys)
+    assert not list((swarm.root / "head").glob("storage/*/sweeps")), "a sweep folder on disk"

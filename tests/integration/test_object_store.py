@@ -226,3 +226,44 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_a_run_through_a_lease_key_prunes_checkpoints_and_travels_without_the_key(
+    plane, monkeypatch
+):
+    """Ray Train deletes old checkpoints (DeleteObjects, which this server refuses without
+    Content-MD5, must not be what a folder delete uses), and Tune pickles the file system
+    into the experiment state: a sweep resumed on a new lease unpickles it there, after the
+    old lease's key was revoked, and must use the new lease's key."""
+    import pickle
+
+    import pyarrow.fs as pafs
+
+    from computeswarm.jobs.run_store import RunStore
+
+    prefix = job_prefix("buyerA", "jobR")
+    first = plane.issue("leaseR1", Grant(write=(prefix,)))
+    for name, value in first.items():
+        monkeypatch.setenv(name, value)
+    run = RunStore(f"{BUCKET}/{prefix}run", True)
+    run.write_text("experiment/trial_1/checkpoint_000001/model.bin", "weights")
+    run.write_text("experiment/trial_1/checkpoint_000001/deep/extra.bin", "more")
+    run.write_text("experiment/trial_1/checkpoint_000002/model.bin", "newer")
+    run.fs.delete_dir(run.path("experiment/trial_1/checkpoint_000001"))
+    assert run.listdir("experiment/trial_1") == ["checkpoint_000002"]
+    assert run.read_text("experiment/trial_1/checkpoint_000002/model.bin") == "newer"
+
+    shipped = pickle.dumps(run.fs)
+    assert first["AWS_SECRET_ACCESS_KEY"].encode() not in shipped
+    plane.revoke("leaseR1")
+    second = plane.issue("leaseR2", Grant(write=(prefix,)))
+    for name, value in second.items():
+        monkeypatch.setenv(name, value)
+    restored = pickle.loads(shipped)
+    with restored.open_input_stream(
+        run.path("experiment/trial_1/checkpoint_000002/model.bin")
+    ) as f:
+        assert f.read() == b"newer"
+    info = restored.get_file_info(run.path("experiment/trial_1/checkpoint_000001"))
+    assert info.type == pafs.FileType.NotFound
+    plane.revoke("leaseR2")

@@ -43,15 +43,16 @@ def sweep_spec() -> dict:
     }
 
 
-def running_sweep(head, tmp_path: Path) -> tuple[str, list[str], list[str], Path]:
-    """A sweep job running on a lease of two attached sellers (s1 runs the driver)."""
+def running_sweep(head, tmp_path: Path) -> tuple[str, list[str], list[str], Callable]:
+    """A sweep job running on a lease of two attached sellers (s1 runs the driver), and a
+    call that writes a file of its run folder into the head's store as the driver would."""
     c, now = head.coordinator, head.clock()
     with c.store.transaction() as db:
         account = authenticate(db, head.account("buyer")).account_id
     sellers = [head.enroll(f"box{i}")["seller_id"] for i in (1, 2)]
-    upload, run_dir = tmp_path / "upload", tmp_path / "run"
+    upload = tmp_path / "upload"
     upload.mkdir()
-    run_dir.mkdir()
+    prefix = f"{account}/runs/shrinking-test/"
     with c.store.transaction() as db:
         db.add(
             Lease(
@@ -79,7 +80,7 @@ def running_sweep(head, tmp_path: Path) -> tuple[str, list[str], list[str], Path
                 state="running",
                 lease_id="l-sweep",
                 upload_path=str(upload),
-                run_dir=str(run_dir),
+                run_dir=prefix,
                 created_at=now,
                 started_at=now,
             )
@@ -100,11 +101,15 @@ def running_sweep(head, tmp_path: Path) -> tuple[str, list[str], list[str], Path
                 )
             )
         addresses = [db.get(Seller, s).address for s in sellers]
-    return account, sellers, addresses, run_dir
+
+    def put(name: str, text: str) -> None:
+        head.coordinator.objects.store.put_bytes(prefix + name, text.encode())
+
+    return account, sellers, addresses, put
 
 
-def status(run_dir: Path, **fields) -> None:
-    (run_dir / "sweep.json").write_text(json.dumps({"state": "running", **fields}))
+def status(put: Callable, **fields) -> None:
+    put("sweep.json", json.dumps({"state": "running", **fields}))
 
 
 def members(head) -> dict[str, LeaseMember]:
@@ -144,16 +149,16 @@ def quiet(head) -> None:
 def test_idle_sellers_leave_a_sweep_lease_once_no_trial_will_launch(sqlite_head, tmp_path):
     head = sqlite_head
     quiet(head)
-    _, (driver, other), (driver_ip, other_ip), run_dir = running_sweep(head, tmp_path)
+    _, (driver, other), (driver_ip, other_ip), put = running_sweep(head, tmp_path)
     start = head.clock()
 
     # Trials may still launch: nobody leaves, even with the other seller idle right now.
-    status(run_dir, launching_done=False, busy_node_ips=[driver_ip])
+    status(put, launching_done=False, busy_node_ips=[driver_ip])
     tick_at(head, start + 10)
     assert {m.state for m in members(head).values()} == {"attached"}
 
     # The plan is used up and the other seller runs nothing: it leaves, billed until now.
-    status(run_dir, launching_done=True, busy_node_ips=[driver_ip])
+    status(put, launching_done=True, busy_node_ips=[driver_ip])
     tick_at(head, start + 20)
     after = members(head)
     assert after[other].state == "detached" and after[other].detached_at == start + 20
@@ -339,12 +344,12 @@ def test_a_malformed_trial_record_ends_its_lease_and_the_escrow_is_settled(sqlit
     and this one sat in `releasing` with its escrow held forever."""
     head = sqlite_head
     quiet(head)
-    _, _, _, run_dir = running_sweep(head, tmp_path)
-    (run_dir / "trials").mkdir()
-    (run_dir / "trials" / "t1.json").write_text(
-        json.dumps({"trial_id": {"not": "a string"}, "index": [], "params": 7, "history": 1})
+    _, _, _, put = running_sweep(head, tmp_path)
+    put(
+        "trials/t1.json",
+        json.dumps({"trial_id": {"not": "a string"}, "index": [], "params": 7, "history": 1}),
     )
-    status(run_dir, launching_done=False, busy_node_ips=[])
+    status(put, launching_done=False, busy_node_ips=[])
     start = head.clock()
     for step in (1, 2, 3):
         tick_at(head, start + step)

@@ -222,7 +222,9 @@ def test_an_asha_lora_sweep_survives_its_driver_and_names_the_best_adapter(
         assert r["gpu_seconds"] == seconds[-1]
         assert r["cost_micros"] == trial_cost_micros(r["gpu_seconds"], PRICE)
         assert (r["iterations"] == 8) == (r["state"] == "completed")
-        assert r["node_ip"] and Path(r["checkpoint"]).is_dir()
+        # Named relative to the run (its keys in the store), never by a seller's path.
+        assert r["node_ip"] and not Path(r["checkpoint"]).is_absolute()
+        assert (run_dir / r["checkpoint"]).is_dir()
 
     result = json.loads((run_dir / "result.json").read_text())
     # Equal params give equal runs (seeded): ties go to the earlier plan position.
@@ -239,8 +241,9 @@ def test_an_asha_lora_sweep_survives_its_driver_and_names_the_best_adapter(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    adapter = Path(result["best"]["adapter"])
-    assert adapter == Path(best["checkpoint"]) / "adapter" and adapter.is_dir()
+    assert result["best"]["adapter"] == f"{best['checkpoint']}/adapter"
+    adapter = run_dir / result["best"]["adapter"]
+    assert adapter.is_dir()
     tuned = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(workdir / "tiny"), adapter
     )

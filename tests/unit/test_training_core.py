@@ -262,10 +262,11 @@ def test_an_upload_cannot_choose_its_run_folder_and_drivers_cannot_be_shadowed(t
         spec=spec.model_dump(mode="json"),
         upload_path=str(upload),
     )
-    storage = tmp_path / "storage"
-    chosen = training_jobs.choose_run_dir(storage, job, spec)
-    assert storage / "acct-a" / "runs" in chosen.parents
-    assert job.run_dir == str(chosen)  # recorded by the coordinator, read back from there
-    assert training_jobs.run_dir(storage, job, spec) == chosen
+    from tests.unit.test_run_store import FakeBucket
+
+    chosen = training_jobs.choose_run_prefix(FakeBucket({}), job, spec)
+    assert chosen.startswith("acct-a/runs/t-")
+    assert job.run_dir == chosen  # recorded by the coordinator, read back from there
+    assert training_jobs.choose_run_prefix(FakeBucket({}), job, spec) == chosen
     for module in (training_jobs, sweep_jobs, serve_jobs):
         assert module.ENTRYPOINT.startswith("python -I -m computeswarm.")

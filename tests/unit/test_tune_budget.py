@@ -190,13 +190,30 @@ def test_best_trial_and_sweep_status():
 
 
 def test_records_round_trip_atomically_and_read_leniently(tmp_path):
-    from computeswarm.tune.records import read_json, read_trials, write_json, write_trial
+    from computeswarm.jobs.run_store import RunStore
+    from computeswarm.tune.records import (
+        read_json,
+        read_trials,
+        relative_to_run,
+        write_json,
+        write_trial,
+    )
 
-    write_trial(tmp_path, record("b", 1))
-    write_trial(tmp_path, record("a", 0))
-    data = read_json(tmp_path / "trials" / "a.json") | {"added_later": 1}
-    write_json(tmp_path / "trials" / "a.json", data)
+    run = RunStore(str(tmp_path), False)
+    write_trial(run, record("b", 1))
+    write_trial(run, record("a", 0))
+    data = read_json(run, "trials/a.json") | {"added_later": 1}
+    write_json(run, "trials/a.json", data)
+    assert not list((tmp_path / "trials").glob("*.partial"))  # whole files, nothing left
     (tmp_path / "trials" / "torn.json").write_text("{not json")
-    assert [r.trial_id for r in read_trials(tmp_path)] == ["a", "b"]  # plan order
-    assert not list((tmp_path / "trials").glob(".*.tmp"))  # no temp files left behind
-    assert read_json(tmp_path / "missing.json") is None
+    (tmp_path / "trials" / "c.json.partial").write_text("{}")  # a write in progress
+    assert [r.trial_id for r in read_trials(run)] == ["a", "b"]  # plan order
+    assert read_json(run, "missing.json") is None
+    # Checkpoints are recorded relative to the run: the coordinator accepts nothing else.
+    assert relative_to_run(run, f"{tmp_path}/experiment/t1/checkpoint_000002") == (
+        "experiment/t1/checkpoint_000002"
+    )
+    assert relative_to_run(run, f"{tmp_path}/../other/checkpoint") is None
+    store = RunStore("computeswarm/acct/runs/r1", True)
+    assert relative_to_run(store, "computeswarm/acct/runs/r1/experiment/t/c") == "experiment/t/c"
+    assert relative_to_run(store, "computeswarm/acct/runs/r10/x") is None

@@ -145,6 +145,7 @@ def test_apply_refuses_paths_whose_parents_are_missing():
 
 
 def test_the_driver_plans_lora_trials_with_applied_settings_and_absolute_paths(tmp_path):
+    from computeswarm.jobs.run_store import RunStore
     from computeswarm.tune.run import plan_sweep
 
     (tmp_path / "tiny").mkdir()
@@ -168,7 +169,7 @@ def test_the_driver_plans_lora_trials_with_applied_settings_and_absolute_paths(t
         "cost_cap": "0.05",
         "resources": {"gpus": "any:4", "nodes": 2, "cpus_per_node": 3.0},
     }
-    plan = plan_sweep(spec, tmp_path, tmp_path / "run")
+    plan = plan_sweep(spec, tmp_path, RunStore(str(tmp_path / "run"), False))
     assert [c["params"]["lora.rank"] for c in plan.configs] == [4, 16, 4, 16]
     first = plan.configs[0]
     assert first["index"] == 0 and first["trial"]["lora"] == {"rank": 4}
@@ -179,12 +180,15 @@ def test_the_driver_plans_lora_trials_with_applied_settings_and_absolute_paths(t
     assert plan.cap_micros == 50_000 and plan.max_concurrent == 4  # one per leased GPU
     assert plan.trial_resources == {"CPU": 1.5, "GPU": 1}
     hub = plan_sweep(
-        spec | {"trial": {"lora": lora | {"model": "org/hub-model"}}}, tmp_path, tmp_path
+        spec | {"trial": {"lora": lora | {"model": "org/hub-model"}}},
+        tmp_path,
+        RunStore(str(tmp_path), False),
     )
     assert hub.configs[0]["trial"]["model"] == "org/hub-model"  # not a working-dir path
 
 
 def test_the_driver_plans_function_trials_with_fixed_config_and_params(tmp_path):
+    from computeswarm.jobs.run_store import RunStore
     from computeswarm.tune.run import plan_sweep
 
     spec = {
@@ -198,7 +202,7 @@ def test_the_driver_plans_function_trials_with_fixed_config_and_params(tmp_path)
         "max_concurrent_trials": 2,
         "cost_cap_micros": 7,
     }
-    plan = plan_sweep(spec, tmp_path, tmp_path / "run")
+    plan = plan_sweep(spec, tmp_path, RunStore(str(tmp_path / "run"), False))
     assert plan.kind == "function" and len(plan.configs) == 3
     assert plan.max_iterations is None and plan.cap_micros == 7 and plan.max_concurrent == 2
     assert (
