@@ -88,7 +88,6 @@ class Coordinator:
                 self.store,
                 clock,
                 config.market,
-                self.storage_root,
                 self.models_root,
                 self.head_ip,
                 Heads(config.state_dir, self.head_ip, config.market.ray_system_config),
@@ -109,7 +108,7 @@ class Coordinator:
             stored=self.objects,
         )
         # Buyers' serve jobs, behind /v1/serve/<job>/v1.
-        self.gateway = StoreBackend(self.store, clock, self.storage_root, self.head_ip)
+        self.gateway = StoreBackend(self.store, clock, self.scheduler.ctx.where)
         self.gpu_seconds_sold = Counter(
             "computeswarm_gpu_seconds_sold", "Metered GPU-seconds settled.", registry=self.metrics
         )
@@ -169,12 +168,6 @@ class Coordinator:
     def models_root(self) -> Path:
         """Where registered model versions keep their files: <account>/<name>/<version>/."""
         return self.config.state_dir / "models"
-
-    @property
-    def storage_root(self) -> Path:
-        """Job storage: training runs and their checkpoints (<account>/runs/<run>/), sweeps'
-        experiments (<account>/sweeps/<run>/), serve jobs' status (<account>/serve/<job>/)."""
-        return self.config.state_dir / "storage"
 
     def _bootstrap_admin(self) -> None:
         """On first start, make the admin account and write its key to admin.key (0600)."""

@@ -1,8 +1,8 @@
 """The driver of a serve job: `python -m computeswarm.serve.run computeswarm-job.json`.
 
 The swarm submits this as the Ray job of a `serve` spec. It deploys the spec's base model
-and adapters as one Serve application behind Serve's HTTP proxy, writes
-`$COMPUTESWARM_RUN_DIR/serve.json` once the API answers, and keeps the application up
+and adapters as one Serve application behind Serve's HTTP proxy, writes `serve.json` (into
+the job's serve folder in the object store) once the API answers, and keeps the application up
 until SIGTERM (or SIGINT), when it shuts Serve down and exits 0. A bad spec or a missing
 model/adapter folder exits 2 with one line saying what to fix, before Ray is touched.
 
@@ -12,7 +12,9 @@ Environment (set by the swarm):
     COMPUTESWARM_SERVE_PORT   its port (default 8000)
     COMPUTESWARM_SERVE_PROXY  proxy location: HeadOnly (default), EveryNode, Disabled
     COMPUTESWARM_NODE_IP      this node's overlay address, for ray.init
-    COMPUTESWARM_RUN_DIR      folder for serve.json (default: the working dir)
+    COMPUTESWARM_RUN_PREFIX   the job's serve folder in the store (with the lease's key:
+                              COMPUTESWARM_S3_*, AWS_*); or
+    COMPUTESWARM_RUN_DIR      a local folder for serve.json (default: the working dir)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from computeswarm.errors import UserError
 from computeswarm.jobs import contract
+from computeswarm.jobs.run_store import RunStore
 
 READY_TIMEOUT_S = 300.0
 STATUS_EVERY_S = 2.0  # how often serve.json follows the replica count (autoscaling, losses)
@@ -66,8 +69,8 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError, UserError) as exc:  # ValueError: JSON or the spec's model
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_SPEC_ERROR
-    run_dir = contract.run_dir(default=".")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # The job's serve folder in the store (or a local folder when run by hand).
+    run = RunStore.from_env({contract.RUN_DIR: ".", **os.environ})
     import ray
     from ray import serve
 
@@ -79,18 +82,18 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        status = start(options, endpoint, run_dir)
+        status = start(options, endpoint, run)
     except Exception as exc:
-        write_status(run_dir, {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        write_status(run, {"state": "failed", "error": f"{type(exc).__name__}: {exc}"})
         with contextlib.suppress(Exception):
             serve.shutdown()
         raise
     print(f"serving {', '.join(status['models'])} at {endpoint.url}", flush=True)
     while not stop.wait(STATUS_EVERY_S):
-        status = refresh_replicas(status, options.name, run_dir)
+        status = refresh_replicas(status, options.name, run)
     print("stopping: shutting Serve down", flush=True)
     serve.shutdown()
-    write_status(run_dir, {**status, "state": "stopped", "stopped_at": time.time()})
+    write_status(run, {**status, "state": "stopped", "stopped_at": time.time()})
     return 0
 
 
@@ -120,7 +123,7 @@ def endpoint_from_env(env: dict | os._Environ) -> Endpoint:
     return Endpoint(host, int(port_text), location)
 
 
-def start(options, endpoint: Endpoint, run_dir: Path, timeout: float = READY_TIMEOUT_S) -> dict:
+def start(options, endpoint: Endpoint, run: RunStore, timeout: float = READY_TIMEOUT_S) -> dict:
     """Deploy `options` on the connected Ray cluster behind a proxy at `endpoint`, wait
     until GET /v1/models answers, write serve.json; return what it holds."""
     from ray import serve
@@ -149,7 +152,7 @@ def start(options, endpoint: Endpoint, run_dir: Path, timeout: float = READY_TIM
         "max_tokens": options.max_tokens,
         "ready_at": time.time(),
     }
-    write_status(run_dir, status)
+    write_status(run, status)
     return status
 
 
@@ -193,23 +196,20 @@ def replica_counts(app_name: str) -> dict[str, int]:
     return counts
 
 
-def refresh_replicas(status: dict, app_name: str, run_dir: Path) -> dict:
+def refresh_replicas(status: dict, app_name: str, run: RunStore) -> dict:
     """serve.json with the replica counts of now, rewritten only when they changed."""
     counts = replica_counts(app_name)
     if all(status["replicas"].get(k) == v for k, v in counts.items()):
         return status
     status = {**status, "replicas": {**status["replicas"], **counts}}
-    write_status(run_dir, status)
+    write_status(run, status)
     print(f"replicas: {counts['running']} running, {counts['pending']} pending", flush=True)
     return status
 
 
-def write_status(run_dir: Path, status: dict) -> None:
-    """serve.json, replaced atomically so readers never see half a file."""
-    path = Path(run_dir) / contract.SERVE_FILE
-    tmp = path.with_name(f".serve.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(status, indent=2))
-    os.replace(tmp, path)
+def write_status(run: RunStore, status: dict) -> None:
+    """serve.json, one whole object: readers never see half a file."""
+    run.write_text(contract.SERVE_FILE, json.dumps(status, indent=2))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from computeswarm.cluster.gateway.core import RequestUsage, ServeTarget
 from computeswarm.cluster.kinds import serve
+from computeswarm.cluster.kinds.base import Where
 from computeswarm.cluster.leases.states import LeaseState
 from computeswarm.cluster.ledger import journal as ledger
 from computeswarm.cluster.store.db import Store
@@ -44,10 +44,9 @@ class StoreBackend:
     TARGET_TTL_S = 2.0
     FLUSH_S = 0.25
 
-    def __init__(
-        self, store: Store, clock: Callable[[], float], storage: Path, head_ip: Callable[[], str]
-    ):
-        self.store, self.clock, self.storage, self.head_ip = store, clock, storage, head_ip
+    def __init__(self, store: Store, clock: Callable[[], float], where: Callable[[], Where]):
+        # `where`: the lease heads' address and the object store (serve.json lives there).
+        self.store, self.clock, self.where = store, clock, where
         self._targets: dict[str, tuple[float, str, ServeTarget | None]] = {}
         self._lock = threading.Lock()
         self._pending: list[tuple[RequestUsage, float]] = []
@@ -75,10 +74,11 @@ class StoreBackend:
             if lease is None or lease.state != LeaseState.RUNNING.value:
                 return None
             spec = ServeJob.model_validate(job.spec)
-            if serve.status(self.storage, job).get("state") != serve.READY:
+            where = self.where()
+            if serve.status(where.objects, job).get("state") != serve.READY:
                 return None
             return ServeTarget(
-                url=f"http://{self.head_ip()}:{serve.serve_port(lease)}",
+                url=f"http://{where.head_ip}:{serve.serve_port(lease)}",
                 max_tokens=spec.max_tokens,
                 requests_per_second=spec.rate_limits.requests_per_second,
                 tokens_per_second=spec.rate_limits.tokens_per_second,

@@ -30,10 +30,9 @@ class RayJob:
 class Where:
     """Where the coordinator keeps a job's files, and where its lease's head listens."""
 
-    storage: Path  # job storage on the coordinator's disk: <account>/serve/... (serve status)
     models: Path  # registered model versions
     head_ip: str = ""  # the hub's overlay address (a serve job's proxy binds there)
-    objects: ObjectStore | None = None  # the object store (root key): training runs live there
+    objects: ObjectStore | None = None  # the object store (root key): runs and status live there
 
 
 class JobKind:

@@ -1,5 +1,9 @@
 """The `serve` kind: a Ray Serve driver on the lease, its status, and what it has served.
 
+The driver (`serve/run.py`) writes its status (`serve.json`: ready, failed, stopped, its
+replicas) into the job's serve folder in the object store, with the lease's key; the
+coordinator and the gateway read it from there, never from a seller's disk.
+
 Serve's HTTP proxy runs on the lease's head, on a port of the lease's own block, bound to
 the hub's overlay address: only the coordinator (the gateway, `cluster/gateway/`) and the
 lease's fenced members can reach it. Buyers reach it through the gateway, with their API
@@ -14,9 +18,13 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from computeswarm.cluster.errors import Busy
 from computeswarm.cluster.kinds.base import JobKind, RayJob, Where
 from computeswarm.cluster.models import registry as model_registry
 from computeswarm.cluster.nodes.ray_nodes import PortBlock
+from computeswarm.cluster.objects.client import UNAVAILABLE, ObjectStore
+from computeswarm.cluster.objects.layout import Grant, job_prefix, serve_prefix
+from computeswarm.cluster.objects.runs import StoredRun
 from computeswarm.cluster.store.models import Job, Lease, ServeRequest
 from computeswarm.jobs import contract
 from computeswarm.jobs.inputs import adapter_is_path
@@ -36,13 +44,18 @@ class ServeKind(JobKind):
             model_registry.resolve(db, job.account_id, ref).artifact_path
             for ref in spec.registered_refs()
         ]
-        return {"read": read, "write": [str(serve_dir(where.storage, job))]}
+        return {"read": read, "write": []}
+
+    def object_grant(self, db, job: Job, spec: ServeJob, where: Where) -> Grant:
+        return Grant(write=(job_prefix(job.account_id, job.id), status_prefix(job)))
 
     def render(self, db, job: Job, spec: ServeJob, lease: Lease, where: Where) -> RayJob:
-        return render(db, job, spec, lease, where.head_ip, where.storage)
+        if where.objects is None:
+            raise Busy("the object store is not running; serve jobs keep their status there")
+        return render(db, job, spec, lease, where.head_ip, where.objects)
 
     def view(self, db, job: Job, where: Where) -> dict:
-        state = status(where.storage, job)
+        state = status(where.objects, job)
         return {
             "serve": {
                 "endpoint": f"/v1/serve/{job.id}/v1",
@@ -54,8 +67,9 @@ class ServeKind(JobKind):
         }
 
 
-def serve_dir(storage: Path, job: Job) -> Path:
-    return storage / job.account_id / "serve" / job.id
+def status_prefix(job: Job) -> str:
+    """Where the driver keeps `serve.json`: the job's serve folder in the store."""
+    return serve_prefix(job.account_id, job.id)
 
 
 def adapter_folders(db, job: Job, spec: ServeJob) -> dict[str, str]:
@@ -70,13 +84,14 @@ def adapter_folders(db, job: Job, spec: ServeJob) -> dict[str, str]:
     return out
 
 
-def render(db, job: Job, spec: ServeJob, lease: Lease, head_ip: str, storage: Path) -> RayJob:
-    folder = serve_dir(storage, job)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / contract.SERVE_FILE).unlink(missing_ok=True)  # a new lease: not ready till it says
+def render(db, job: Job, spec: ServeJob, lease: Lease, head_ip: str, store: ObjectStore) -> RayJob:
+    try:  # a new lease: not ready till its driver says so
+        store.delete_prefix(status_prefix(job) + contract.SERVE_FILE)
+    except UNAVAILABLE as e:
+        raise Busy(f"the object store cannot be asked for the serve status: {e}") from e
     contract.write_spec(Path(job.upload_path), job.spec)
     env = {
-        contract.RUN_DIR: str(folder),
+        contract.RUN_PREFIX: status_prefix(job),
         contract.ADAPTERS: json.dumps(adapter_folders(db, job, spec)),
         contract.SERVE_HOST: head_ip,
         contract.SERVE_PORT: str(serve_port(lease)),
@@ -89,11 +104,18 @@ def serve_port(lease: Lease) -> int:
     return PortBlock(lease.port_base).serve
 
 
-def status(storage: Path, job: Job) -> dict:
-    try:
-        return json.loads((serve_dir(storage, job) / contract.SERVE_FILE).read_text())
-    except (OSError, ValueError):
+def status(store: ObjectStore | None, job: Job) -> dict:
+    """The driver's `serve.json`; {} while there is none, or the store cannot say, or the
+    driver (buyer code) wrote something that is not a JSON object."""
+    if store is None:
         return {}
+    try:
+        state = json.loads(
+            StoredRun(store, status_prefix(job)).read_text(contract.SERVE_FILE) or "{}"
+        )
+    except (*UNAVAILABLE, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def usage_view(db, job: Job) -> dict:

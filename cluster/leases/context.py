@@ -25,7 +25,6 @@ class Leasing:
     store: Store
     clock: Callable[[], float]
     market: MarketConfig
-    storage: Path  # job storage (run folders, serve status)
     models: Path  # registered model versions
     head_ip: Callable[[], str]  # the hub's overlay address, where lease heads listen
     heads: Heads
@@ -36,7 +35,7 @@ class Leasing:
 
     def where(self) -> Where:
         objects = self.objects.store if self.objects else None
-        return Where(self.storage, self.models, self.head_ip(), objects)
+        return Where(self.models, self.head_ip(), objects)
 
 
 def head_of(lease: Lease) -> Head:

@@ -28,6 +28,7 @@ from computeswarm.jobs.upload import pack_working_dir
 from computeswarm.serve.openai import parse_sse
 from computeswarm.tune.budget import trial_cost_micros
 from tests.e2e.conftest import local_swarm_up
+from tests.e2e.store import stored_texts
 
 TRIALS = 8
 FINISHED = ("completed", "stopped_early", "error", "skipped_budget")
@@ -101,8 +102,11 @@ def test_a_serve_job_answers_through_the_gateway_only(swarm, tmp_path):
 
         # Serve's own proxy listens on the lease head's overlay address only: the underlay
         # (where the gateway is public) does not reach it.
-        (status_file,) = Path(swarm.state_dir).glob(f"head/storage/*/serve/{job_id}/serve.json")
-        upstream = httpx.URL(json.loads(status_file.read_text())["url"])
+        # Its status came through the object store (the driver ran on a seller), and
+        # nothing of it is on the coordinator's disk.
+        (status,) = stored_texts(swarm, f"/serve/{job_id}/serve.json").values()
+        assert not list(Path(swarm.state_dir).glob(f"head/**/{job_id}/serve.json"))
+        upstream = httpx.URL(json.loads(status)["url"])
         assert upstream.host.startswith("10.90.")
         underlay = httpx.URL(swarm.coordinator).host
         with pytest.raises((httpx.ConnectError, httpx.ConnectTimeout)):  # refused or dropped

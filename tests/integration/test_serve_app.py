@@ -90,7 +90,8 @@ def job(tmp_path_factory):
         "replicas": {"min": 1, "max": 2},
         "max_concurrent_requests": 8,
         "max_tokens": MAX_TOKENS,
-        "resources": {"gpus": "any:1", "nodes": 1},
+        "resources": {"gpus": "any:24GB:2", "nodes": 1},
+        "pricing": {"max_price_per_gpu_hour": 1.0},
     }
     (job_dir / "computeswarm-job.json").write_text(json.dumps(spec))
     saved_address = os.environ.get("RAY_ADDRESS")
@@ -306,7 +307,14 @@ def test_sigterm_shuts_serve_down_and_exits_0(job):
 
 def test_missing_adapter_folder_exits_2(tmp_path):
     (tmp_path / BASE).mkdir()
-    spec = {"kind": "serve", "name": "x", "model": BASE, "adapters": {"a": "./adapters/a"}}
+    spec = {
+        "kind": "serve",
+        "name": "x",
+        "model": BASE,
+        "adapters": {"a": "./adapters/a"},
+        "pricing": {"max_price_per_gpu_hour": 1.0},
+        "runtime_env": {"working_dir": "."},
+    }
     (tmp_path / "job.json").write_text(json.dumps(spec))
     env = {**os.environ, "COMPUTESWARM_RUN_DIR": str(tmp_path / "run"), "RAY_ADDRESS": "none"}
     done = subprocess.run(
