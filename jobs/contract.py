@@ -24,10 +24,13 @@ LEASE_ID = "COMPUTESWARM_LEASE_ID"
 RUN_DIR = "COMPUTESWARM_RUN_DIR"  # the job's run folder (read-write; every kind but script)
 RUN_PREFIX = "COMPUTESWARM_RUN_PREFIX"  # training: the run folder's prefix in the store instead
 NODE_IP = "COMPUTESWARM_NODE_IP"  # this node's overlay address, for ray.init (cluster/nodes)
-INIT_ADAPTER = "COMPUTESWARM_INIT_ADAPTER"  # lora: the registered adapter to start from
+INIT_ADAPTER = "COMPUTESWARM_INIT_ADAPTER"  # lora: the registered adapter to start from (STORED)
 INIT_VERSION = "COMPUTESWARM_INIT_VERSION"  # lora: its version id
 PRICE_MICROS = "COMPUTESWARM_PRICE_MICROS"  # sweep: the lease's dearest price per GPU-hour
-ADAPTERS = "COMPUTESWARM_ADAPTERS"  # serve: JSON {served name: absolute adapter folder}
+ADAPTERS = "COMPUTESWARM_ADAPTERS"  # serve: JSON {served name: adapter folder or STORED ref}
+# A folder in the object store, read with the lease's key: "store:<key prefix>" (a
+# registered model version; jobs/artifacts.py fetches it onto the node that needs it).
+STORED = "store:"
 SERVE_HOST = "COMPUTESWARM_SERVE_HOST"  # serve: where Serve's HTTP proxy listens
 SERVE_PORT = "COMPUTESWARM_SERVE_PORT"  # serve: its port (in the lease's own block)
 SERVE_PROXY = "COMPUTESWARM_SERVE_PROXY"  # serve: HeadOnly | EveryNode | Disabled

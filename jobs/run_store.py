@@ -109,13 +109,23 @@ class RunStore:
         """The folder `name` of the run copied into the local folder `to`."""
         import pyarrow.fs
 
+        # File by file from one listing: pyarrow's copy_files first asks for the folder
+        # itself (a HEAD of the key without its '/'), which a key that may read only the
+        # prefix is refused.
         to.mkdir(parents=True, exist_ok=True)
-        pyarrow.fs.copy_files(
-            self.path(name),
-            str(to),
-            source_filesystem=self.fs,
-            destination_filesystem=pyarrow.fs.LocalFileSystem(),
-        )
+        base = self.path(name).rstrip("/")
+        selector = pyarrow.fs.FileSelector(base, recursive=True)
+        for info in self.fs.get_file_info(selector):
+            if info.type != pyarrow.fs.FileType.File:
+                continue
+            relative = posixpath.relpath(info.path, base)
+            if relative.startswith("..") or posixpath.isabs(relative):
+                continue  # a key no folder below `to` can hold
+            target = to / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self.fs.open_input_stream(info.path) as src, open(target, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
         return to
 
 

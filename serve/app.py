@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from computeswarm.jobs import contract
+from computeswarm.jobs import artifacts, contract
 from computeswarm.jobs.errors import SpecError
 from computeswarm.jobs.spec import ServeJob
 from computeswarm.serve import openai
@@ -54,9 +54,14 @@ class ModelSource:
 
     absolute: str
     relative: str | None = None
+    stored: str | None = None  # a registered version in the store (`store:<prefix>`)
 
     def local(self) -> str:
-        """The folder on this node: the working-dir copy if there is one, else absolute."""
+        """The folder on this node: fetched from the store for a registered version (each
+        replica's node has its own disk), else the working-dir copy if there is one, else
+        absolute."""
+        if self.stored:
+            return str(artifacts.local_folder(self.stored))
         if self.relative and Path(self.relative).exists():
             return str(Path(self.relative).resolve())
         return self.absolute
@@ -135,7 +140,14 @@ def serve_options(spec: ServeJob | dict, adapters: dict[str, str], base_dir: Pat
         if served == base_name:
             problems.append(f"adapters.{served}: the base model is already served as {served!r}")
             continue
-        if served in adapters:
+        if served in adapters and artifacts.is_stored(adapters[served]):
+            try:  # fetched here too: the driver checks it before any replica starts
+                path = artifacts.local_folder(adapters[served])
+            except (OSError, KeyError, ValueError) as exc:
+                problems.append(f"adapters.{served}: cannot fetch {ref!r} from the store: {exc}")
+                continue
+            source = ModelSource(str(path), None, stored=adapters[served])
+        elif served in adapters:
             path = Path(adapters[served])
             source = _source(str(path), base_dir)
         elif isinstance(ref, str) and (ref.startswith((".", "/"))):

@@ -20,12 +20,13 @@ from sqlalchemy import func, select
 
 from computeswarm.cluster.errors import Busy
 from computeswarm.cluster.kinds.base import JobKind, RayJob, Where
+from computeswarm.cluster.models import published
 from computeswarm.cluster.models import registry as model_registry
 from computeswarm.cluster.nodes.ray_nodes import PortBlock
 from computeswarm.cluster.objects.client import UNAVAILABLE, ObjectStore
 from computeswarm.cluster.objects.layout import Grant, job_prefix, serve_prefix
 from computeswarm.cluster.objects.runs import StoredRun
-from computeswarm.cluster.store.models import Job, Lease, ServeRequest
+from computeswarm.cluster.store.models import Job, Lease, ModelVersion, ServeRequest
 from computeswarm.jobs import contract
 from computeswarm.jobs.inputs import adapter_is_path
 from computeswarm.jobs.spec import ServeJob
@@ -39,15 +40,11 @@ class ServeKind(JobKind):
     name = "serve"
     resumable = True  # its next lease starts the app again (the gateway follows)
 
-    def lease_files(self, db, job: Job, spec: ServeJob, where: Where) -> dict[str, list[str]]:
-        read = [
-            model_registry.resolve(db, job.account_id, ref).artifact_path
-            for ref in spec.registered_refs()
-        ]
-        return {"read": read, "write": []}
-
     def object_grant(self, db, job: Job, spec: ServeJob, where: Where) -> Grant:
-        return Grant(write=(job_prefix(job.account_id, job.id), status_prefix(job)))
+        return Grant(
+            read=tuple(published.prefix_of(v) for v in registered(db, job, spec)),
+            write=(job_prefix(job.account_id, job.id), status_prefix(job)),
+        )
 
     def render(self, db, job: Job, spec: ServeJob, lease: Lease, where: Where) -> RayJob:
         if where.objects is None:
@@ -72,15 +69,22 @@ def status_prefix(job: Job) -> str:
     return serve_prefix(job.account_id, job.id)
 
 
-def adapter_folders(db, job: Job, spec: ServeJob) -> dict[str, str]:
-    """Served name -> absolute adapter folder: registered versions resolved for the job's
-    owner (another buyer's name is not found), folders taken from the upload."""
+def registered(db, job: Job, spec: ServeJob) -> list[ModelVersion]:
+    """The registered versions the spec serves, resolved for the job's owner (another
+    buyer's name is not found)."""
+    return [model_registry.resolve(db, job.account_id, ref) for ref in spec.registered_refs()]
+
+
+def adapter_folders(db, job: Job, spec: ServeJob, store: ObjectStore) -> dict[str, str]:
+    """Served name -> adapter: a folder of the upload (Ray ships the working dir to every
+    node), or a registered version published in the store (`store:<prefix>`)."""
     out = {}
     for name, ref in spec.adapters.items():
         if adapter_is_path(ref):
             out[name] = str((Path(job.upload_path) / ref).resolve())
         else:
-            out[name] = model_registry.resolve(db, job.account_id, ref).artifact_path
+            version = model_registry.resolve(db, job.account_id, ref)
+            out[name] = published.publish(store, version)
     return out
 
 
@@ -92,7 +96,7 @@ def render(db, job: Job, spec: ServeJob, lease: Lease, head_ip: str, store: Obje
     contract.write_spec(Path(job.upload_path), job.spec)
     env = {
         contract.RUN_PREFIX: status_prefix(job),
-        contract.ADAPTERS: json.dumps(adapter_folders(db, job, spec)),
+        contract.ADAPTERS: json.dumps(adapter_folders(db, job, spec, store)),
         contract.SERVE_HOST: head_ip,
         contract.SERVE_PORT: str(serve_port(lease)),
         contract.SERVE_PROXY: "HeadOnly",

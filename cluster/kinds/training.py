@@ -21,6 +21,7 @@ from sqlalchemy import select
 from computeswarm.cluster.errors import Busy
 from computeswarm.cluster.kinds.base import JobKind, RayJob, Where
 from computeswarm.cluster.leases.states import MemberState
+from computeswarm.cluster.models import published
 from computeswarm.cluster.models import registry as model_registry
 from computeswarm.cluster.objects.client import ObjectStore
 from computeswarm.cluster.objects.layout import Grant, job_prefix, run_prefix
@@ -42,7 +43,11 @@ class TrainingKind(JobKind):
 
     def object_grant(self, db, job: Job, spec, where: Where) -> Grant:
         prefix = choose_run_prefix(store_of(where), job, spec)
-        return Grant(write=(job_prefix(job.account_id, job.id), prefix))
+        versions = [model_registry.resolve(db, job.account_id, r) for r in spec.registered_refs()]
+        return Grant(
+            read=tuple(published.prefix_of(v) for v in versions),  # a lora's init_adapter
+            write=(job_prefix(job.account_id, job.id), prefix),
+        )
 
     def view(self, db, job: Job, where: Where) -> dict:
         return {"training": progress(job, where.objects)} if job.upload_path else {}
@@ -50,13 +55,6 @@ class TrainingKind(JobKind):
 
 class LoraKind(TrainingKind):
     name = "lora"
-
-    def lease_files(self, db, job: Job, spec: LoraJob, where: Where) -> dict[str, list[str]]:
-        files = super().lease_files(db, job, spec, where)
-        if spec.init_adapter:
-            version = model_registry.resolve(db, job.account_id, spec.init_adapter)
-            files["read"].append(version.artifact_path)
-        return files
 
     def register(self, db, job: Job, where: Where, now: float) -> dict | None:
         return register_result(db, job, store_of(where), where.models, now)
@@ -123,7 +121,7 @@ def render(db, job: Job, spec: LoraJob | PipelineJob, store: ObjectStore) -> Ray
     env = {contract.RUN_PREFIX: prefix, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
     for ref in spec.registered_refs():  # a lora's init_adapter
         version = model_registry.resolve(db, job.account_id, ref)
-        env[contract.INIT_ADAPTER] = version.artifact_path
+        env[contract.INIT_ADAPTER] = published.publish(store, version)
         env[contract.INIT_VERSION] = version.id
     return RayJob(ENTRYPOINT, env)
 

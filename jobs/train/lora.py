@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from computeswarm.jobs import artifacts
 from computeswarm.jobs.run_store import RunStore, StepsLog
 from computeswarm.jobs.train.data import IGNORE, encode, read_jsonl, split
 from computeswarm.jobs.train.runs import ring_allreduce_bytes
@@ -93,8 +94,9 @@ def train_lora_worker(config: dict) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(config["model"])
     base = AutoModelForCausalLM.from_pretrained(config["model"], attn_implementation="sdpa")
-    if config.get("init_adapter"):
-        model = PeftModel.from_pretrained(base, config["init_adapter"], is_trainable=True)
+    if config.get("init_adapter"):  # a registered version: fetched onto this worker's node
+        init = str(artifacts.local_folder(config["init_adapter"]))
+        model = PeftModel.from_pretrained(base, init, is_trainable=True)
     else:
         lora = config["lora"]
         targets, fan_in_fan_out = lora_targets(base.config.model_type, lora["target_modules"])

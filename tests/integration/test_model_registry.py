@@ -320,11 +320,52 @@ def test_a_serve_job_serves_only_its_owners_versions(sqlite_head, tmp_path):
     with head.coordinator.store.transaction() as db:
         assert db.query(Job).count() == 0
     job = client_for(head, owner_key).submit_job(spec, upload)
+    store = head.coordinator.objects.store
     with head.coordinator.store.transaction() as db:
-        folders = serve_jobs.adapter_folders(db, db.get(Job, job["id"]), parse(spec))
-    assert folders["adder"] == version.artifact_path
+        row = db.get(Job, job["id"])
+        folders = serve_jobs.adapter_folders(db, row, parse(spec), store)
+        grant = serve_jobs.ServeKind().object_grant(
+            db, row, parse(spec), head.coordinator.scheduler.ctx.where()
+        )
+    # A registered version reaches the lease through the store (sellers are other
+    # machines), under its own prefix, which the lease's key may read and nothing more.
+    prefix = f"{version.account_id}/models/adder/1/"
+    assert folders["adder"] == f"store:{prefix}" and grant.read == (prefix,)
     assert Path(folders["local"]).parts[-2:] == ("adapters", "local")
     assert (Path(folders["local"]) / "adapter_config.json").is_file()
+    stored = {o.key[len(prefix) :] for o in store.list(prefix)}
+    assert stored == {*tree(Path(version.artifact_path)), ".published"}
+
+
+def test_a_published_version_is_fetched_with_a_lease_key_once_per_node(
+    sqlite_head, tmp_path, monkeypatch
+):
+    from computeswarm.cluster.models import published
+    from computeswarm.cluster.objects.layout import Grant, job_prefix
+    from computeswarm.jobs import artifacts
+
+    head = sqlite_head
+    owner = account_of(head, head.account("buyer"))
+    version = register(head, owner, "adder", make_adapter(tmp_path / "a", "a"))
+    other = register(head, owner, "other", make_adapter(tmp_path / "b", "b"))
+    plane = head.coordinator.objects
+    ref = published.publish(plane.store, version)
+    published.publish(plane.store, other)
+    assert published.publish(plane.store, version) == ref  # once: it is already whole
+    env = plane.issue(
+        "l-fetch", Grant(read=(published.prefix_of(version),), write=(job_prefix(owner, "j"),))
+    )
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        folder = artifacts.local_folder(ref, cache=tmp_path / "node")
+        assert tree(folder) == tree(Path(version.artifact_path))
+        assert artifacts.local_folder(ref, cache=tmp_path / "node") == folder  # cached
+        with pytest.raises(OSError):  # another version: not this lease's to read
+            artifacts.local_folder(f"store:{published.prefix_of(other)}", cache=tmp_path / "n2")
+        assert not [p for p in (tmp_path / "n2").rglob("*") if p.is_file()]
+    finally:
+        plane.revoke("l-fetch")
 
 
 def parse(spec: dict):

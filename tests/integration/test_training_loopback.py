@@ -165,6 +165,47 @@ def test_a_later_job_starts_from_a_registered_version(swarm, workdir):
     assert metrics["base_eval_loss"] == pytest.approx(first["metrics"]["eval_loss"], rel=1e-3)
 
 
+def test_a_registered_version_is_served_through_the_store(swarm, workdir):
+    """Sellers are other machines: a serve job's registered adapter reaches its replica as
+    objects in the store (published once, read with the lease's key), not as a folder on
+    the coordinator's disk."""
+    import httpx
+
+    spec = {
+        "kind": "serve",
+        "name": "registered-api",
+        "runtime_env": {"working_dir": "."},
+        "model": "model",
+        "adapters": {"adder": "adder@2"},  # from the test above
+        "replicas": {"min": 1, "max": 1},
+        "max_tokens": 8,
+        "resources": {"gpus": "RTX4090:24GB:1", "nodes": 1, "memory_gb_per_node": 0.5},
+        "pricing": {"max_price_per_gpu_hour": "0.60"},
+        "max_duration": "10m",
+    }
+    job_id = swarm.buyer.submit_job(spec, pack_working_dir(workdir, 2**22))["id"]
+    try:
+        ready = _until(lambda: (j := swarm.buyer.job(job_id))["serve"]["ready"] and j, "ready", 240)
+        assert "adder" in ready["serve"]["models"]
+        answer = httpx.post(
+            f"{swarm.url}/v1/serve/{job_id}/v1/completions",
+            json={"model": "adder", "prompt": "1+2=", "max_tokens": 3, "temperature": 0},
+            headers={"Authorization": f"Bearer {swarm.buyer_key}"},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        assert isinstance(answer.json()["choices"][0]["text"], str)
+    finally:
+        swarm.buyer.cancel_job(job_id)
+    keys = {
+        o.key.split("/models/adder/2/")[1]
+        for o in swarm.objects().list("")
+        if "/models/adder/2/" in o.key
+    }
+    assert {"adapter_config.json", ".published"} <= keys, keys
+    _until(lambda: _state(swarm, job_id, "cancelled", "succeeded", "failed"), "the end", 120)
+
+
 # Its waits add up to more than the default 300 s on a slow machine (a lease to form, 14
 # DeepSpeed steps, a replacement to join, 46 more steps).
 @pytest.mark.timeout(900)
