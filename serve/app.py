@@ -109,9 +109,11 @@ def serve_options(spec: ServeJob | dict, adapters: dict[str, str], base_dir: Pat
     """Check a serve spec (the driver's validated `ServeJob`, or its `model_dump`) against
     the files it names, and resolve its paths.
 
-    `adapters` maps served names to folders (the coordinator's resolution of the spec's
-    `adapters`, absolute); a spec adapter missing there that is a path (`./x`, `/x`) is
-    taken relative to `base_dir`. Raises `SpecError` naming every problem.
+    `adapters` maps served names to the coordinator's resolution of the spec's `adapters`:
+    a folder relative to `base_dir` (the working dir) or a registered version in the
+    store (`store:<prefix>`, fetched onto each replica's node); a spec adapter missing
+    there that is a path (`./x`, `/x`) is taken relative to `base_dir`. Raises `SpecError`
+    naming every problem.
     """
     if isinstance(spec, ServeJob):
         spec = spec.model_dump(mode="json")

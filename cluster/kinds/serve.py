@@ -76,12 +76,13 @@ def registered(db, job: Job, spec: ServeJob) -> list[ModelVersion]:
 
 
 def adapter_folders(db, job: Job, spec: ServeJob, store: ObjectStore) -> dict[str, str]:
-    """Served name -> adapter: a folder of the upload (Ray ships the working dir to every
-    node), or a registered version published in the store (`store:<prefix>`)."""
+    """Served name -> adapter: a folder of the upload, named relative to the working dir
+    (Ray ships the working dir to every node; the coordinator's copy is on no seller), or
+    a registered version published in the store (`store:<prefix>`)."""
     out = {}
     for name, ref in spec.adapters.items():
         if adapter_is_path(ref):
-            out[name] = str((Path(job.upload_path) / ref).resolve())
+            out[name] = ref
         else:
             version = model_registry.resolve(db, job.account_id, ref)
             out[name] = published.publish(store, version)

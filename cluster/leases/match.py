@@ -109,13 +109,12 @@ def _match_one(ctx: Leasing, db, job: Job, book: OrderBook, used_ports, now: flo
 
 
 def lease_files(ctx: Leasing, db, job: Job, spec: AnyJob) -> dict[str, list[str]]:
-    """Which host files a lease's sandboxes see, decided by the coordinator when it opens
-    the lease: the job's upload and what its kind names (registered models read-only, its
-    run folder read-write). Never anything a spec or an upload names by itself. On sellers
-    that are other machines these folders do not exist and are simply not bound."""
-    own = kind_of(job).lease_files(db, job, spec, ctx.where())
-    upload = [job.upload_path] if job.upload_path else []
-    return {"read": upload + own["read"], "write": own["write"]}
+    """Which host files a lease's sandboxes see beyond the system's, decided by the
+    coordinator when it opens the lease: only what its kind names (none does now). Never
+    anything a spec or an upload names by itself. The job's upload is not among them: Ray
+    ships the working dir to every node, and runs, status and model versions go through
+    the object store, so no node of a lease reads the coordinator's disk."""
+    return kind_of(job).lease_files(db, job, spec, ctx.where())
 
 
 def open_lease(db, opening: Opening, now: float) -> None:
