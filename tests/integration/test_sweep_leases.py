@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from computeswarm.cluster.accounts.roles import authenticate
+from computeswarm.cluster.kinds import sweep as sweep_jobs
 from computeswarm.cluster.leases.ray_jobs import JobInfo
 from computeswarm.cluster.leases.states import LeaseState, MemberState
 from computeswarm.cluster.sellers.registry import report_workers
@@ -176,6 +177,32 @@ def test_idle_sellers_leave_a_sweep_lease_once_no_trial_will_launch(sqlite_head,
     assert balances[f"seller:{other}"] == 20 * 1000
     assert balances[f"seller:{driver}"] == 60 * 1000
     assert other_ip != driver_ip
+
+
+def test_a_store_that_cannot_be_asked_skips_the_tick_and_the_lease_goes_on(sqlite_head, tmp_path):
+    """The run folder lives in the store: while the store is down a tick reads nothing,
+    and neither fails the sweep nor lets a seller go on stale or missing records; once it
+    is back, the next tick acts on what the driver wrote."""
+    head = sqlite_head
+    quiet(head)
+    _, (driver, other), (driver_ip, _), put = running_sweep(head, tmp_path)
+    start = head.clock()
+    status(put, launching_done=True, busy_node_ips=[driver_ip])
+    plane = head.coordinator.objects
+    plane.embedded.stop()
+    try:
+        tick_at(head, start + 10)
+        assert {m.state for m in members(head).values()} == {"attached"}
+        with head.coordinator.store.transaction() as db:
+            assert db.get(Lease, "l-sweep").state == "running"
+            assert db.get(Job, "j-sweep").state == "running"
+            job = db.get(Job, "j-sweep")
+            assert sweep_jobs.sweep_status(plane.store, job) == {}  # views: no status, no 500
+    finally:
+        assert plane.supervise()  # back, with every object
+    tick_at(head, start + 20)
+    after = members(head)
+    assert after[other].state == "detached" and after[driver].state == "attached"
 
 
 @pytest.mark.parametrize("kind", ["sweep", "serve"])
