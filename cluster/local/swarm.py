@@ -153,22 +153,29 @@ def _up_wireguard(
         "COMPUTESWARM_HEAD__PUBLIC_HOST": hub.ip,
     }
     argv = [*CS, "head", "up", "--state-dir", str(state / "head"), "--port", str(PORT)]
-    _start_head(swarm, state, hub.netns, argv, env)
+    hosts = ["head", *names]  # each its own machine: its own /tmp, /var/tmp and state dir
+    _start_head(swarm, state, hub.netns, _in_view(argv, state, "head", hosts), env)
     swarm.admin_key = _admin_key(state, swarm.coordinator)
     for name in names:
         invite = _invite(swarm, name)
-        _spawn(
-            bed.host(name).netns,
-            [
-                *_join_argv(swarm, state, name, invite, gpus, price),
-                "--interface",
-                bed.iface_name(name),
-                "--workload-netns",
-                bed.workload_namespace(name),
-            ],
-            state / f"{name}.log",
-            {},
-        )
+        join = [
+            *_join_argv(swarm, state, name, invite, gpus, price),
+            "--interface",
+            bed.iface_name(name),
+            "--workload-netns",
+            bed.workload_namespace(name),
+        ]
+        _spawn(bed.host(name).netns, _in_view(join, state, name, hosts), state / f"{name}.log", {})
+
+
+def _in_view(argv: list[str], state: Path, name: str, hosts: list[str]) -> list[str]:
+    """`argv` in the testbed host `name`'s own file system view (`host_view.py`)."""
+    from computeswarm.cluster.local.host_view import view_argv
+
+    for host in hosts:
+        (state / host).mkdir(parents=True, exist_ok=True)
+    others = [state / h for h in hosts if h != name]
+    return view_argv(argv, backing=state / "hosts" / name, own=state / name, others=others)
 
 
 def _up_loopback(swarm: LocalSwarm, state: Path, names: list[str], gpus: str, price: str) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from computeswarm.cluster.client import CoordinatorClient
+from computeswarm.tunnel import netns
 from tests.e2e.conftest import local_swarm_up
 
 JOBS = Path(__file__).parent / "jobs"
@@ -63,6 +65,41 @@ def probe(client, job_id: str, tag: str = "PROBE") -> dict:
 
 def inode(ns: str) -> str:
     return f"net:[{os.stat(f'/run/netns/{ns}').st_ino}]"
+
+
+def test_each_testbed_host_has_a_disk_of_its_own(swarm):
+    """Sellers are other machines: what one host writes in its state dir, /tmp or /var/tmp
+    is absent on every other host, and the coordinator's state dir (its database, keys,
+    the store's volume) is not in a seller's view at all."""
+    state = Path(swarm.state_dir)
+    hosts = {"head": "hub", "s1": "s1", "s2": "s2", "s3": "s3"}  # state dir -> host
+
+    def inside(host: str, script: str) -> subprocess.CompletedProcess:
+        pid = netns.run(["ip", "netns", "pids", f"cs-{swarm.run_id}-{host}"]).stdout.split()[0]
+        argv = ["nsenter", "-t", pid, "-m", "--", "sh", "-c", script]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+    def probes(name: str) -> list[str]:
+        return [f"{state / name}/probe-{name}", f"/tmp/probe-{name}", f"/var/tmp/probe-{name}"]
+
+    try:
+        for name, host in hosts.items():
+            wrote = inside(host, " && ".join(f"echo {name} > {p}" for p in probes(name)))
+            assert wrote.returncode == 0, wrote.stderr
+        for name, host in hosts.items():
+            for other in hosts:
+                for path in probes(other):
+                    seen = inside(host, f"test -e {path}").returncode == 0
+                    assert seen == (other == name), f"{path} seen={seen} on {host}"
+            # The operator's view of the machine: each state dir is the host's own folder.
+            assert (state / name / f"probe-{name}").read_text().strip() == name
+            assert not Path(f"/tmp/probe-{name}").exists()
+        for host in ("s1", "s2", "s3"):
+            assert inside(host, f"test -e {state / 'head' / 'admin.key'}").returncode != 0
+        assert inside("hub", f"test -e {state / 'head' / 'admin.key'}").returncode == 0
+    finally:
+        for name, host in hosts.items():
+            inside(host, "rm -f " + " ".join(probes(name)))
 
 
 def test_jobs_run_fenced_on_sellers_and_the_bill_balances(swarm):
