@@ -44,6 +44,9 @@ class PlanSearcher(Searcher):
         self.cap_micros = plan.cap_micros
         self.run = run.describe()  # pickled into Tune's snapshots: no key, no file system
         self.price_micros = price_micros
+        # The positions handed out, kept here too: a record just written may not be in
+        # the next listing yet, and a position must never go out twice (seen once in CI).
+        self.handed: dict[str, int] = {}
 
     @property
     def _run(self) -> RunStore:
@@ -53,7 +56,7 @@ class PlanSearcher(Searcher):
         records = rec.read_trials(self._run)
         if any(r.state == rec.SKIPPED_BUDGET for r in records):
             return Searcher.FINISHED
-        launched = rec.launched_indices(records)
+        launched = rec.launched_indices(records) | set(self.handed.values())
         todo = [i for i in range(len(self.configs)) if i not in launched]
         if not todo:
             return Searcher.FINISHED
@@ -75,6 +78,7 @@ class PlanSearcher(Searcher):
             price_micros=book.price_micros,
         )
         rec.write_trial(self._run, record)  # launched: counted from now on
+        self.handed[trial_id] = record.index
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -114,8 +118,9 @@ class PlanSearcher(Searcher):
 
     # Tune saves and restores searchers with its experiment snapshots. The state that
     # matters is in the records; the snapshot only guards against a foreign run folder.
+    # (The positions handed out travel with them: those trials are in the same snapshot.)
     def get_state(self) -> dict:
-        return {"planned": len(self.configs)}
+        return {"planned": len(self.configs), "handed": dict(self.handed)}
 
     def set_state(self, state: dict) -> None:
         if state.get("planned") != len(self.configs):
@@ -123,6 +128,7 @@ class PlanSearcher(Searcher):
                 f"the saved sweep planned {state.get('planned')} trials, this spec "
                 f"{len(self.configs)}: the run folder belongs to another sweep"
             )
+        self.handed = {str(k): int(v) for k, v in (state.get("handed") or {}).items()}
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps(self.get_state()))

@@ -217,3 +217,26 @@ def test_records_round_trip_atomically_and_read_leniently(tmp_path):
     store = RunStore("computeswarm/acct/runs/r1", True)
     assert relative_to_run(store, "computeswarm/acct/runs/r1/experiment/t/c") == "experiment/t/c"
     assert relative_to_run(store, "computeswarm/acct/runs/r10/x") is None
+
+
+def test_the_searcher_never_hands_a_plan_position_out_twice_even_if_a_listing_lags(
+    tmp_path, monkeypatch
+):
+    """Seen once in CI: a sweep ran plan position 2 as two trials. A record just written
+    may be missing from the next listing of the store; the searcher also remembers what it
+    handed out, and that memory travels with Tune's snapshot of it."""
+    from computeswarm.jobs.run_store import RunStore
+    from computeswarm.tune import records as rec
+    from computeswarm.tune.experiment import PlanSearcher
+    from computeswarm.tune.run import SweepPlan
+
+    configs = [{"index": i, "params": {"x": i}, "max_iterations": 3} for i in range(3)]
+    plan = SweepPlan("function", configs, "loss", "min", {}, 3, None, 3, {})
+    searcher = PlanSearcher(plan, RunStore(str(tmp_path / "run"), False), 0)
+    monkeypatch.setattr(rec, "read_trials", lambda run: [])  # the listing lags
+    first, second = searcher.suggest("t1"), searcher.suggest("t2")
+    assert (first["index"], second["index"]) == (0, 1)
+    restored = PlanSearcher(plan, RunStore(str(tmp_path / "run"), False), 0)
+    restored.set_state(searcher.get_state())
+    assert restored.suggest("t3")["index"] == 2
+    assert restored.suggest("t4") is restored.FINISHED
