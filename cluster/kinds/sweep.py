@@ -96,15 +96,17 @@ def ingest(db, job: Job, store: ObjectStore | None) -> int:
     run = training_jobs.stored_run(store, job)
     if run is None:
         return 0
-    try:
-        texts = [run.read_text(f"{contract.TRIALS_DIR}/{name}") for name in _trial_files(run)]
+    rows = {
+        t.trial_id: t for t in db.scalars(select(SweepTrial).where(SweepTrial.job_id == job.id))
+    }
+    done = {f"{t}.json" for t, row in rows.items() if row.state in TERMINAL_TRIALS}
+    try:  # finished trials never change: their records are not fetched again each tick
+        names = [name for name in _trial_files(run) if name not in done]
+        texts = [run.read_text(f"{contract.TRIALS_DIR}/{name}") for name in names]
     except UNAVAILABLE as e:
         log.warning("job %s: cannot read its trial records now: %s", job.id, e)
         return 0
     prices = member_prices(db, job.lease_id) if job.lease_id else {}
-    rows = {
-        t.trial_id: t for t in db.scalars(select(SweepTrial).where(SweepTrial.job_id == job.id))
-    }
     changed = 0
     for text in texts:
         try:
