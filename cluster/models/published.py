@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from computeswarm.cluster.errors import Busy
+from computeswarm.cluster.models.registry import adapter_files
 from computeswarm.cluster.objects.client import UNAVAILABLE, ObjectStore
 from computeswarm.cluster.objects.layout import model_prefix
 from computeswarm.cluster.objects.runs import StoredRun
@@ -33,7 +34,7 @@ def publish(store: ObjectStore, version: ModelVersion) -> str:
     try:
         if not StoredRun(store, prefix).exists(PUBLISHED):
             folder = Path(version.artifact_path)
-            files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+            files = adapter_files(folder) if folder.is_dir() else []
             if not files:
                 raise SystemError_(
                     f"the files of {version.name}@{version.version} are missing: {folder}"

@@ -60,7 +60,7 @@ def register(
     source_dir = Path(source_dir)
     if not source_dir.is_dir():
         raise UserError(f"cannot register {name}: {source_dir} is not a folder")
-    if not _adapter_files(source_dir):
+    if not adapter_files(source_dir):
         raise UserError(f"cannot register {name}: {source_dir} has no files")
     home = Path(models_root) / account_id / name
     staging = _stage(source_dir, home)
@@ -84,7 +84,7 @@ def register(
             parent=parent,
             job_id=job_id,
             artifact_path=str(final),
-            size_bytes=sum(p.stat().st_size for p in _adapter_files(staging)),
+            size_bytes=sum(p.stat().st_size for p in adapter_files(staging)),
             created_at=now,
         )
         db.add(version)
@@ -183,7 +183,7 @@ def hash_files(paths: Iterable[Path]) -> str:
     """
     files: list[Path] = []
     for path in sorted(Path(p) for p in paths):
-        files.extend(_adapter_files(path) if path.is_dir() else [path])
+        files.extend(adapter_files(path) if path.is_dir() else [path])
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.stat().st_size.to_bytes(8, "big"))
@@ -218,7 +218,7 @@ def _check_name(name: str) -> None:
         )
 
 
-def _adapter_files(root: Path) -> list[Path]:
+def adapter_files(root: Path) -> list[Path]:
     """The regular files under `root`, sorted; symlinks and special files are refused
     (a link could point at the coordinator's own files and ship them in a download)."""
     files = []
