@@ -35,6 +35,7 @@ bench: setup
 	$(VENV)/python -m computeswarm.tests.bench.gateway
 	$(VENV)/python -m computeswarm.tests.bench.sweep
 	$(VENV)/python -m computeswarm.tests.bench.store_transfer
+	$(VENV)/python -m computeswarm.tests.bench.dataset_transfer
 
 # On a machine with a GPU (not in CI): the lora workload with NCCL and bf16, step time.
 gpu-check: setup

@@ -212,6 +212,49 @@ class CoordinatorClient:
             shutil.rmtree(partial, ignore_errors=True)
         return dest
 
+    # -- datasets -----------------------------------------------------------------------
+
+    def datasets(self) -> list[dict]:
+        """Yours and those shared with you, each at its newest version."""
+        return self._call("GET", "/v1/datasets")
+
+    def dataset(self, name: str, owner: str | None = None) -> dict:
+        return self._call("GET", f"/v1/datasets/{name}", params=_owner(owner))
+
+    def dataset_version(self, name: str, version: int | str, owner: str | None = None) -> dict:
+        return self._call("GET", f"/v1/datasets/{name}/versions/{version}", params=_owner(owner))
+
+    def dataset_manifest(self, name: str, version: int | str, owner: str | None = None) -> dict:
+        path = f"/v1/datasets/{name}/versions/{version}/manifest"
+        return self._call("GET", path, params=_owner(owner))
+
+    def missing_chunks(self, name: str, chunks: list[tuple[str, int]]) -> list[str]:
+        body = {"chunks": [{"sha256": sha, "size": size} for sha, size in chunks]}
+        return self._retrying("POST", f"/v1/datasets/{name}/chunks/missing", json=body)["missing"]
+
+    def put_chunk(self, name: str, sha256: str, data: bytes) -> bool:
+        path = f"/v1/datasets/{name}/chunks/{sha256}"
+        headers = {"Content-Type": "application/octet-stream"}
+        return self._retrying("PUT", path, content=data, headers=headers)["stored"]
+
+    def chunk(self, name: str, sha256: str, owner: str | None = None) -> bytes:
+        path = f"/v1/datasets/{name}/chunks/{sha256}"
+        return self._retrying("GET", path, params=_owner(owner), raw=True)
+
+    def commit_dataset(self, name: str, manifest: dict) -> dict:
+        return self._call("POST", f"/v1/datasets/{name}/versions", json={"manifest": manifest})
+
+    def share_dataset(self, name: str, account: str, revoke: bool = False) -> dict:
+        body = {"account": account, "revoke": revoke}
+        return self._call("POST", f"/v1/datasets/{name}/shares", json=body)
+
+    def lease_datasets(self, lease_id: str) -> list[dict]:
+        """A seller's agent: the dataset versions a lease it serves reads."""
+        return self._call("GET", f"/v1/leases/{lease_id}/datasets")
+
+    def lease_chunk(self, lease_id: str, sha256: str) -> bytes:
+        return self._retrying("GET", f"/v1/leases/{lease_id}/chunks/{sha256}", raw=True)
+
     # -- measurements -------------------------------------------------------------------
 
     def rtt_ms(self, samples: int = 3) -> float:
@@ -237,6 +280,23 @@ class CoordinatorClient:
         _raise_for(response)
         return response.json()
 
+    def _retrying(self, method: str, path: str, *, raw: bool = False, attempts: int = 8, **kwargs):
+        """For bulk transfer: waits out rate limits and a busy store, then gives up."""
+        for attempt in range(attempts):
+            try:
+                response = self._send(method, path, **kwargs)
+                _raise_for(response)
+                return response.content if raw else response.json()
+            except errors.RateLimited as e:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(min(e.retry_after_s, 5.0))
+            except errors.ApiError as e:
+                if getattr(e, "status", 0) != 503 or attempt == attempts - 1:
+                    raise
+                time.sleep(min(0.25 * 2**attempt, 5.0))
+        raise AssertionError("unreachable")
+
     def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
         try:
             return self.http.request(method, path, **kwargs)
@@ -244,6 +304,10 @@ class CoordinatorClient:
             raise errors.CoordinatorUnreachable(
                 f"cannot reach the coordinator at {self.url}: {type(e).__name__}: {e}"
             ) from None
+
+
+def _owner(owner: str | None) -> dict:
+    return {"owner": owner} if owner else {}
 
 
 def _raise_for(response: httpx.Response) -> None:

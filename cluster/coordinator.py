@@ -34,6 +34,7 @@ from computeswarm.cluster.nodes.ray_nodes import become_subreaper
 from computeswarm.cluster.objects.plane import ObjectPlane
 from computeswarm.cluster.sellers import registry
 from computeswarm.cluster.sellers.states import SellerState
+from computeswarm.cluster.services.datasets import DatasetsService
 from computeswarm.cluster.services.jobs import JobsService
 from computeswarm.cluster.store.db import Store
 from computeswarm.cluster.store.models import Account, Lease, LeaseMember, Seller
@@ -97,6 +98,8 @@ class Coordinator:
             ),
             sync_fence=self.sync_fence,
         )
+        quota = config.storage.quota_bytes_per_account
+        self.datasets = DatasetsService(self.store, clock, lambda: self.objects.store, quota)
         self.jobs = JobsService(
             self.store,
             clock,
@@ -106,6 +109,7 @@ class Coordinator:
             self.scheduler,
             self.wake_scheduler,
             stored=self.objects,
+            datasets=self.datasets,
         )
         # Buyers' serve jobs, behind /v1/serve/<job>/v1.
         self.gateway = StoreBackend(self.store, clock, self.scheduler.ctx.where)

@@ -31,6 +31,9 @@ ADAPTERS = "COMPUTESWARM_ADAPTERS"  # serve: JSON {served name: adapter folder o
 # A folder in the object store, read with the lease's key: "store:<key prefix>" (a
 # registered model version; jobs/artifacts.py fetches it onto the node that needs it).
 STORED = "store:"
+# Dataset versions on this node: JSON {"[OWNER/]NAME@N": folder}. Set by the seller's agent
+# on the node it starts (the folder is its cache's read-only view), not by the coordinator.
+DATASETS = "COMPUTESWARM_DATASETS"
 SERVE_HOST = "COMPUTESWARM_SERVE_HOST"  # serve: where Serve's HTTP proxy listens
 SERVE_PORT = "COMPUTESWARM_SERVE_PORT"  # serve: its port (in the lease's own block)
 SERVE_PROXY = "COMPUTESWARM_SERVE_PROXY"  # serve: HeadOnly | EveryNode | Disabled
@@ -65,6 +68,20 @@ def read_spec(path: str | Path) -> AnyJob:
     """The driver's side: the spec as its pydantic model (validated again on the way in:
     the file travels inside the buyer's working_dir)."""
     return job_from_record(json.loads(Path(path).read_text()))
+
+
+def dataset_file(value: str, env: Mapping[str, str] = os.environ) -> Path:
+    """The file a spec's `dataset` names, on this node: a working_dir file as it is; a
+    pinned version's file (`NAME@N/FILE`) in the folder the seller's agent fetched."""
+    from computeswarm.data.refs import is_dataset_ref, parse_ref
+
+    if not is_dataset_ref(value):
+        return Path(value)
+    ref = parse_ref(value)
+    folder = json.loads(env.get(DATASETS) or "{}").get(ref.version_key)
+    if folder is None:
+        raise FileNotFoundError(f"dataset {ref.version_key} is not on this node ({DATASETS})")
+    return Path(folder) / (ref.path or "")
 
 
 def run_dir(env: Mapping[str, str] = os.environ, default: str | None = None) -> Path:

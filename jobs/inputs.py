@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from computeswarm.data.refs import is_dataset_ref, may_name_a_dataset, parse_ref
 from computeswarm.jobs.errors import SpecError
 
 
@@ -16,7 +17,12 @@ def adapter_is_path(ref: str) -> bool:
 
 
 def relative_dataset(value: str) -> str:
-    """A dataset named in a spec: a file inside the working_dir, never a path out of it."""
+    """A dataset named in a spec: a version pushed with `computeswarm datasets push`
+    (`NAME@N[/FILE]`, `OWNER/NAME@N[/FILE]`), or a file inside the working_dir, never a
+    path out of it."""
+    if is_dataset_ref(value):
+        parse_ref(value)  # ValueError says what a reference looks like
+        return value
     if value.startswith("/") or ".." in Path(value).parts:
         raise ValueError(f"{value!r}: the dataset is a file inside the job's working_dir")
     return value
@@ -30,8 +36,14 @@ def inside(working_dir: Path, relative: str) -> Path:
 
 
 def check_dataset(working_dir: Path, dataset: str) -> None:
+    """A working_dir file. A stored version is the coordinator's to check, and so is a
+    plain name that is no file here (it may be a dataset, pinned to its newest version)."""
+    if is_dataset_ref(dataset):
+        return
     path = (working_dir / dataset).resolve()
-    if working_dir.resolve() not in path.parents or not path.is_file():
+    if working_dir.resolve() not in path.parents:
+        raise SpecError(f"dataset {dataset!r} is not a file in the working_dir")
+    if not path.is_file() and not (may_name_a_dataset(dataset) and not path.exists()):
         raise SpecError(f"dataset {dataset!r} is not a file in the working_dir")
 
 

@@ -31,6 +31,7 @@ from computeswarm.jobs import inputs
 from computeswarm.jobs.errors import SpecError
 from computeswarm.jobs.money import MICROS
 from computeswarm.jobs.spec_parts import (
+    DATA_REF,
     MODEL_REF,
     VERSION_REF,
     DeepSpeedSettings,
@@ -65,10 +66,7 @@ class _TrainingJob(JobBase):
         description="A model folder (relative to the working_dir, or absolute) loaded with "
         "from_pretrained, or a hub id already in the sellers' cache.",
     )
-    dataset: str = Field(
-        pattern=MODEL_REF,
-        description="JSONL file in the working_dir: {text} or {prompt, completion} per line.",
-    )
+    dataset: str = Field(pattern=DATA_REF, description="JSONL in working_dir, or NAME@N[/FILE].")
     training: Training = Field(default_factory=Training)
     runtime_env: RuntimeEnv = Field(default_factory=RuntimeEnv)
 
@@ -84,6 +82,9 @@ class _TrainingJob(JobBase):
     @property
     def data_file(self) -> str | None:
         return self.dataset
+
+    def with_data_file(self, value: str) -> _TrainingJob:
+        return self.model_copy(update={"dataset": value})
 
     @model_validator(mode="after")
     def _needs_working_dir(self) -> _TrainingJob:
@@ -288,6 +289,10 @@ class SweepJob(JobBase):
     @property
     def data_file(self) -> str | None:
         return self.trial.lora.dataset if self.trial.lora else None
+
+    def with_data_file(self, value: str) -> SweepJob:
+        lora = self.trial.lora.model_copy(update={"dataset": value})
+        return self.model_copy(update={"trial": self.trial.model_copy(update={"lora": lora})})
 
     @property
     def model_name(self) -> str:

@@ -204,6 +204,7 @@ class Training(StrictModel):
 
 
 MODEL_REF = r"^[A-Za-z0-9_./~-][A-Za-z0-9_./~:-]{0,511}$"
+DATA_REF = r"^[A-Za-z0-9_./-][A-Za-z0-9_./@+=-]{0,511}$"  # a file, or [OWNER/]NAME@N[/FILE]
 VERSION_REF = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@\d{1,9})?$"
 
 
@@ -249,7 +250,9 @@ class TrialLora(StrictModel):
     """What each trial of a LoRA sweep trains: one adapter on one leased GPU."""
 
     model: str = Field(pattern=MODEL_REF, description="A model folder in the working_dir.")
-    dataset: str = Field(pattern=MODEL_REF, description="JSONL file in the working_dir.")
+    dataset: str = Field(
+        pattern=DATA_REF, description="JSONL file in the working_dir, or NAME@N[/FILE]."
+    )
     training: Training = Field(default_factory=Training)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     micro_batch: int = Field(8, ge=1, le=4096, description="Samples per step.")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from computeswarm.data.refs import is_dataset_ref
 from computeswarm.jobs import contract
 from computeswarm.jobs.run_store import RunStore
 from computeswarm.tune import records as rec
@@ -77,12 +78,13 @@ def plan_sweep(spec: dict, workdir: Path, run: RunStore) -> SweepPlan:
         kind, configs, lengths = "lora", [], []
         from computeswarm.jobs.train.data import read_jsonl
 
-        dataset = Path(workdir, trial["lora"]["dataset"])
+        dataset = _dataset(workdir, trial["lora"]["dataset"])
         size = len(read_jsonl(dataset)) if _uses_epochs(trial["lora"], spec) else 0
         for index, values in enumerate(params):
             settings = apply(trial["lora"], values)
             settings["model"] = _absolute(workdir, settings["model"])
-            settings["dataset"] = _absolute(workdir, settings["dataset"])
+            if not is_dataset_ref(settings["dataset"]):  # (a stored version: each node's own)
+                settings["dataset"] = _absolute(workdir, settings["dataset"])
             reports = _lora_reports(settings, size)
             lengths.append(reports)
             configs.append(
@@ -271,6 +273,10 @@ def _resources(resources: dict) -> tuple[int, int, float]:
     else:
         count = gpus.get("count", 1)
     return count, resources.get("nodes", 1), float(resources.get("cpus_per_node", 1.0))
+
+
+def _dataset(workdir: Path, value: str) -> Path:
+    return contract.dataset_file(value) if is_dataset_ref(value) else Path(workdir, value)
 
 
 def _absolute(workdir: Path, path: str) -> str:

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from computeswarm.data.refs import is_dataset_ref
+from computeswarm.jobs import contract
 from computeswarm.jobs.run_store import RunStore
 from computeswarm.tune.records import read_trial
 
@@ -75,7 +77,11 @@ def train_lora_trial(config: dict) -> None:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=training["learning_rate"])
 
-    records = read_jsonl(resolve(trial["dataset"], config.get("workdir")))
+    dataset = trial["dataset"]
+    if is_dataset_ref(dataset):  # a stored version, in the folder this node's agent fetched
+        records = read_jsonl(contract.dataset_file(dataset))
+    else:
+        records = read_jsonl(resolve(dataset, config.get("workdir")))
     train_records, eval_records = split(records, training["eval_fraction"], training["seed"])
     length = training["max_seq_len"]
     shard = [encode(r, tokenizer, length) for r in train_records]

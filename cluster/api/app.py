@@ -19,6 +19,7 @@ from computeswarm.cluster.api import deps
 from computeswarm.cluster.api.middleware import AccessLog, BodyLimit
 from computeswarm.cluster.api.routes import (
     accounts,
+    datasets,
     enrollment,
     health,
     jobs,
@@ -31,9 +32,10 @@ from computeswarm.cluster.api.routes.gateway import gateway_router
 from computeswarm.cluster.coordinator import Coordinator
 from computeswarm.cluster.errors import ApiError, RateLimited
 from computeswarm.cluster.gateway.core import MAX_BODY_BYTES as GATEWAY_MAX_BODY_BYTES
+from computeswarm.cluster.services.datasets import MAX_MANIFEST_BYTES
 from computeswarm.errors import UserError
 
-ROUTERS = (health, enrollment, accounts, sellers, jobs, market, ledger, models)
+ROUTERS = (health, enrollment, accounts, sellers, jobs, market, ledger, models, datasets)
 
 
 def create_app(coordinator: Coordinator) -> FastAPI:
@@ -48,6 +50,8 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         larger={
             "/v1/jobs": coordinator.config.market.max_upload_bytes * 4 // 3 + 65536,
             "/v1/serve/": GATEWAY_MAX_BODY_BYTES,  # prompts: the gateway checks its own cap
+            # Chunks (8 MiB at most, checked by the route) and manifests.
+            "/v1/datasets/": MAX_MANIFEST_BYTES,
         },
     )
     return app

@@ -17,6 +17,7 @@ from computeswarm.cluster.accounts.roles import Caller, KeyCache
 from computeswarm.cluster.api.ratelimit import RateLimiter
 from computeswarm.cluster.errors import RateLimited, Unauthorized
 from computeswarm.cluster.services.accounts import AccountsService
+from computeswarm.cluster.services.datasets import DatasetsService
 from computeswarm.cluster.services.models import ModelsService
 from computeswarm.cluster.services.sellers import SellersService
 
@@ -63,6 +64,7 @@ class ApiServices:
     accounts: AccountsService
     models: ModelsService
     jobs: JobsService
+    datasets: DatasetsService
     readiness: Callable[[], dict[str, str]]
     metrics: CollectorRegistry
 
@@ -82,6 +84,7 @@ class ApiServices:
             accounts=AccountsService(c.store, c.clock),
             models=ModelsService(c.store),
             jobs=c.jobs,
+            datasets=c.datasets,
             readiness=c.readiness,
             metrics=c.metrics,
         )
@@ -116,6 +119,10 @@ def models(request: Request) -> ModelsService:
 
 def jobs(request: Request) -> JobsService:
     return services(request).jobs
+
+
+def datasets(request: Request) -> DatasetsService:
+    return services(request).datasets
 
 
 def _client_address(request: Request) -> str:

@@ -148,6 +148,9 @@ class Assignment(ResponseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     uid: int = Field(description="The user the lease's processes run as.")
     files: dict[str, Any] = Field(default_factory=dict)
+    datasets: list[str] = Field(
+        default_factory=list, description="Dataset versions to fetch before the node starts."
+    )
 
 
 class HeartbeatReply(ResponseModel):
@@ -273,6 +276,7 @@ class ModelVersionView(ResponseModel):
     checkpoint: str
     parent: str | None = Field(None, description="The version training started from.")
     job_id: str | None = None
+    dataset: str | None = Field(None, description="The dataset version it was trained on.")
     size_bytes: int
     created_at: float
 
@@ -280,3 +284,58 @@ class ModelVersionView(ResponseModel):
 class ModelVersions(ResponseModel):
     name: str
     versions: list[ModelVersionView] = Field(description="Oldest first.")
+
+
+# -- datasets -----------------------------------------------------------------------------
+
+
+class DatasetVersionView(ResponseModel):
+    ref: str = Field(description="[OWNER/]NAME@N: what a spec's `dataset` takes.")
+    name: str
+    owner: str | None = Field(None, description="The owner's account name, if shared with you.")
+    version: int
+    id: str = Field(description="The manifest's sha256: the same bytes, the same id.")
+    files: int
+    size_bytes: int
+    created_at: float
+    versions: int | None = Field(None, description="In listings: how many versions it has.")
+
+
+class DatasetView(ResponseModel):
+    name: str
+    owner: str | None = None
+    versions: list[DatasetVersionView] = Field(description="Oldest first.")
+    shared_with: list[str] = Field(default_factory=list, description="Accounts that may read it.")
+
+
+class ChunkSize(StrictModel):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=1, le=8 * 2**20)
+
+
+class ChunksAsked(StrictModel):
+    chunks: list[ChunkSize] = Field(max_length=10_000)
+
+
+class ChunksMissing(ResponseModel):
+    missing: list[str] = Field(description="The sha256 of each chunk the store lacks.")
+
+
+class ChunkStored(ResponseModel):
+    sha256: str
+    stored: bool = Field(description="False: the store had it already.")
+
+
+class ManifestUpload(StrictModel):
+    manifest: dict[str, Any] = Field(description="Files, sizes, sha256s and chunks.")
+
+
+class ShareRequest(StrictModel):
+    account: str = Field(pattern=NAME_PATTERN, description="The account name to share with.")
+    revoke: bool = False
+
+
+class LeaseDataset(ResponseModel):
+    ref: str
+    id: str
+    manifest: dict[str, Any]

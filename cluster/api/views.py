@@ -75,7 +75,7 @@ class ServeStatus(ResponseModel):
 
 
 class JobView(ResponseModel):
-    sometimes: ClassVar[frozenset[str]] = frozenset({"training", "sweep", "serve"})
+    sometimes: ClassVar[frozenset[str]] = frozenset({"training", "sweep", "serve", "datasets"})
 
     id: str
     name: str
@@ -88,6 +88,9 @@ class JobView(ResponseModel):
     lease: LeaseView | None = None
     cost: str | None = Field(None, description="What its leases cost, once all are settled.")
     model_version: str | None = Field(None, description="NAME@VERSION it registered.")
+    datasets: dict[str, str] | None = Field(
+        None, description="Dataset versions it reads, pinned at submit: ref -> manifest id."
+    )
     training: TrainingProgress | None = None
     sweep: SweepSummary | None = None
     serve: ServeStatus | None = None

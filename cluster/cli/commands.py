@@ -199,10 +199,7 @@ def sellers_list(
 @seller_app.command("join")
 def seller_join(
     coordinator: str = typer.Option(
-        ...,
-        "--coordinator",
-        envvar="COMPUTESWARM_COORDINATOR",
-        help="Coordinator URL reachable from this box.",
+        ..., envvar="COMPUTESWARM_COORDINATOR", help="Coordinator URL reachable from this box."
     ),
     invite: str | None = typer.Option(None, help="Invite token (not needed when enrolled)."),
     state_dir: Path = SELLER_STATE,
@@ -212,9 +209,8 @@ def seller_join(
     ),
     price: str = typer.Option("0.50", help="Ask per GPU-hour."),
     max_lease_hours: int = typer.Option(24, help="Longest lease accepted."),
-    available_hours: float | None = typer.Option(
-        None, help="Offer the GPUs for this many hours from now (default: open-ended)."
-    ),
+    cache_gb: float = typer.Option(50.0, min=0.0, help="Disk for cached datasets (GB)."),
+    available_hours: float | None = typer.Option(None, help="Offer for N hours (default: open)."),
     interface: str = typer.Option("cs0", help="WireGuard interface (unique on the machine)."),
     workload_netns: str = typer.Option("cs-work", help="Namespace for workloads."),
     backend: str = typer.Option("auto", help="kernel, userspace, none or auto."),
@@ -242,6 +238,8 @@ def seller_join(
         simulate_gpus=simulate_gpus,
         price_per_gpu_hour=price,
         max_lease_hours=max_lease_hours,
+        available_hours=available_hours,
+        cache_gb=cache_gb,
     )
     enrollment, new = join(options, invite)
     typer.echo(
@@ -288,7 +286,7 @@ def seller_agent(state_dir: Path = SELLER_STATE) -> None:
         enrollment.offer_terms,
         interval_s=enrollment.hub["heartbeat_interval_s"],
         state_dir=state_dir,
-        workers=LeaseWorkers(enrollment.node_ip, state_dir, enrollment.gpu_list),
+        workers=LeaseWorkers.of(enrollment, state_dir),
     )
     become_subreaper()  # Ray's orphaned workers are reaped here, not left as zombies
     raise typer.Exit(agent.run(stop))

@@ -61,6 +61,7 @@ def models_show(
         ("checkpoint", "checkpoint"),
         ("parent", "parent"),
         ("spec hash", "spec_hash"),
+        ("dataset", "dataset"),
         ("data hash", "data_hash"),
     ):
         typer.echo(f"  {label + ':':<12} {getattr(v, key) or '-'}")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from computeswarm.cluster.datasets import pins
 from computeswarm.cluster.kinds import training as training_jobs
 from computeswarm.cluster.kinds.base import JobKind, RayJob, Where
 from computeswarm.cluster.leases.states import MemberState
@@ -32,7 +33,7 @@ from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller, S
 from computeswarm.jobs import contract
 from computeswarm.jobs.money import money_text
 from computeswarm.jobs.spec import SweepJob
-from computeswarm.jobs.train.runs import file_hash, spec_hash
+from computeswarm.jobs.train.runs import spec_hash
 from computeswarm.tune.budget import trial_cost_micros
 
 log = logging.getLogger("computeswarm.sweeps")
@@ -205,8 +206,6 @@ def _register(db, job, spec: SweepJob, run: StoredRun, best: dict, staging: Path
     if adapter is None:
         log.warning("job %s: the sweep left no best adapter (inside its run folder)", job.id)
         return None
-    upload = Path(job.upload_path)
-    data = upload / spec.trial.lora.dataset
     version = model_registry.register(
         db,
         account_id=job.account_id,
@@ -214,7 +213,8 @@ def _register(db, job, spec: SweepJob, run: StoredRun, best: dict, staging: Path
         source_dir=adapter,
         base_model=spec.trial.lora.model,
         spec_hash=spec_hash(job.spec),
-        data_hash=file_hash(data) if data.exists() else "",
+        data_hash=pins.data_hash(job, spec.trial.lora.dataset),
+        dataset=pins.dataset_of(job, spec.trial.lora.dataset),
         metrics={
             spec.metric: best.get("metric"),
             "trial_id": best.get("trial_id"),

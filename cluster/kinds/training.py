@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from computeswarm.cluster.datasets import pins
 from computeswarm.cluster.errors import Busy
 from computeswarm.cluster.kinds.base import JobKind, RayJob, Where
 from computeswarm.cluster.leases.states import MemberState
@@ -29,7 +30,7 @@ from computeswarm.cluster.objects.runs import StoredRun
 from computeswarm.cluster.store.models import Job, Lease, LeaseMember, Seller
 from computeswarm.jobs import contract
 from computeswarm.jobs.spec import LoraJob, PipelineJob, SweepJob, job_from_record
-from computeswarm.jobs.train.runs import file_hash, run_name, spec_hash
+from computeswarm.jobs.train.runs import run_name, spec_hash
 
 log = logging.getLogger("computeswarm.training")
 ENTRYPOINT = contract.TRAIN_DRIVER  # its driver, started with python -I (jobs/contract.py)
@@ -72,9 +73,7 @@ class PipelineKind(TrainingKind):
 
 def run_name_of(job: Job, spec: LoraJob | PipelineJob | SweepJob) -> str:
     """The run's name: the job's name and the hash of what its weights depend on."""
-    dataset = spec.data_file
-    data = file_hash(Path(job.upload_path) / dataset) if dataset else "no-data"
-    return run_name(job.name, spec_hash(job.spec), data)
+    return run_name(job.name, spec_hash(job.spec), pins.data_hash(job, spec.data_file))
 
 
 def choose_run_prefix(store: ObjectStore, job: Job, spec: LoraJob | PipelineJob | SweepJob) -> str:
@@ -154,6 +153,7 @@ def _register(db, job, run: StoredRun, result: dict, staging: Path, models_root,
         base_model=spec.model,
         spec_hash=result["spec_hash"],
         data_hash=result["data_hash"],
+        dataset=pins.dataset_of(job, spec.dataset),
         metrics=result["metrics"],
         checkpoint=run.prefix + str(result.get("checkpoint"))[:200],
         job_id=job.id,

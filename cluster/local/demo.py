@@ -2,7 +2,8 @@
 loss falling, the bill and the registered model version.
 
 `computeswarm up --local`; a tiny GPT-2 built from a config and a synthetic addition task
-(nothing can be downloaded); the `lora-finetune` template rendered into a job, quoted,
+(nothing can be downloaded), pushed as the dataset `sums@1` (each seller fetches it into
+its cache); the `lora-finetune` template rendered into a job, quoted,
 submitted and followed; who paid and earned what; the adapter's model version; then
 `down --local` - always, even when a step fails or is interrupted.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from computeswarm.cluster.client import CoordinatorClient
 from computeswarm.cluster.local import swarm as local_swarm
+from computeswarm.data.transfer import push
 from computeswarm.jobs.templates import render_job_spec
 from computeswarm.jobs.upload import pack_working_dir
 
@@ -31,17 +33,21 @@ SETTINGS = {
     "memory_gb": "1.5",
     "max_duration": "20m",
     "budget": "0.50",
+    "dataset": "sums",  # a pushed dataset: pinned to its newest version at submit
 }
 _STEP = re.compile(r"step (\d+) (loss|eval_loss) ([0-9.]+)")
 
 
-def prepare(folder: Path) -> None:
-    """A model and a dataset the job can load: random weights, a learnable signal."""
+def prepare(folder: Path) -> tuple[Path, Path]:
+    """A job folder with a model (random weights) and a dataset folder with a learnable
+    signal: the data travels as a dataset version, not in the job's upload."""
     from computeswarm.jobs.train.data import synthetic_addition
     from computeswarm.jobs.train.tiny import make_tiny_model
 
-    make_tiny_model(folder / "model", "gpt2")
-    synthetic_addition(folder / "data.jsonl", n=800)
+    make_tiny_model(folder / "job" / "model", "gpt2")
+    (folder / "data").mkdir()
+    synthetic_addition(folder / "data" / "data.jsonl", n=800)
+    return folder / "job", folder / "data"
 
 
 def run_demo(sellers: int = 2, say=print) -> int:
@@ -58,10 +64,17 @@ def run_demo(sellers: int = 2, say=print) -> int:
 
         say("\n== 2. a job: LoRA on a tiny GPT-2 (built from a config) learning addition ==")
         folder = Path(tempfile.mkdtemp(prefix="computeswarm-demo-"))
-        prepare(folder)
+        job_folder, data = prepare(folder)
+        say(f"   computeswarm datasets push {data} --name sums")
+        pushed = push(buyer, data, "sums")
+        v = pushed.version
+        say(
+            f"   {v['ref']}: {v['files']} file, {v['size_bytes']:,} bytes, id {v['id'][:12]}; "
+            f"{pushed.chunks_sent} of {pushed.chunks} chunks sent"
+        )
         sets = " ".join(f"{k}={v}" for k, v in SETTINGS.items())
         say(f"   computeswarm templates render {TEMPLATE} --set {sets}")
-        spec, working_dir = render_job_spec(TEMPLATE, SETTINGS, folder)
+        spec, working_dir = render_job_spec(TEMPLATE, SETTINGS, job_folder)
         quote = buyer.quote(spec.model_dump(mode="json"), explain=True)
         for s in quote.get("sellers", []):
             say(
@@ -74,6 +87,7 @@ def run_demo(sellers: int = 2, say=print) -> int:
         job = buyer.submit_job(
             spec.model_dump(mode="json"), pack_working_dir(working_dir, 16 * 2**20)
         )
+        say(f"   dataset pinned: {job.get('datasets')}")
         state = _follow(buyer, job["id"], say)
 
         job = buyer.job(job["id"])

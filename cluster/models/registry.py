@@ -44,6 +44,7 @@ def register(
     parent: str | None,
     now: float,
     models_root: Path,
+    dataset: str | None = None,
 ) -> ModelVersion:
     """Add the adapter in `source_dir` as the next version of `account_id`'s model `name`.
 
@@ -65,7 +66,7 @@ def register(
     home = Path(models_root) / account_id / name
     staging = _stage(source_dir, home)
     try:
-        _lock_account(db, account_id)
+        lock_account(db, account_id)
         if parent is not None:
             _check_parent(db, account_id, parent)
         number = _next_version(db, account_id, name)
@@ -83,6 +84,7 @@ def register(
             checkpoint=checkpoint,
             parent=parent,
             job_id=job_id,
+            dataset=dataset,
             artifact_path=str(final),
             size_bytes=sum(p.stat().st_size for p in adapter_files(staging)),
             created_at=now,
@@ -159,6 +161,7 @@ def view(version: ModelVersion) -> dict:
         "checkpoint": version.checkpoint,
         "parent": version.parent,
         "job_id": version.job_id,
+        "dataset": version.dataset,
         "size_bytes": version.size_bytes,
         "created_at": version.created_at,
     }
@@ -248,7 +251,7 @@ def _stage(source_dir: Path, home: Path) -> Path:
     return staging
 
 
-def _lock_account(db: Session, account_id: str) -> None:
+def lock_account(db: Session, account_id: str) -> None:
     # A no-op write: PostgreSQL locks the account's row, SQLite takes its write lock; either
     # way the next version number is read by one registration at a time per account.
     locked = db.execute(

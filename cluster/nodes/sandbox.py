@@ -46,6 +46,7 @@ KEPT_ENV_PREFIXES = (
     "NCCL_",
     "GLOO_",
     contract.NODE_IP,
+    contract.DATASETS,
     "LANG",
     "LC_",
     "TZ",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 # What a key segment may be: the ids and run names the coordinator makes.
 SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 READ_ACTIONS = ("s3:GetObject",)
 WRITE_ACTIONS = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload")
 
@@ -45,6 +46,26 @@ def serve_prefix(account_id: str, job_id: str) -> str:
 
 def model_prefix(account_id: str, name: str, version: int) -> str:
     return f"{account_prefix(account_id)}models/{segment(name)}/{int(version)}/"
+
+
+def dataset_prefix(account_id: str, name: str) -> str:
+    """A dataset, every version: its chunks (by sha256) and manifests (by id). Versions of
+    one dataset share chunks; a share or a lease reads this prefix, no other dataset's."""
+    return f"{account_prefix(account_id)}datasets/{segment(name)}/"
+
+
+def chunk_key(account_id: str, name: str, sha256: str) -> str:
+    return f"{dataset_prefix(account_id, name)}chunks/{_sha256(sha256)}"
+
+
+def manifest_key(account_id: str, name: str, manifest_id: str) -> str:
+    return f"{dataset_prefix(account_id, name)}manifests/{_sha256(manifest_id)}.json"
+
+
+def _sha256(value: str) -> str:
+    if not SHA256.fullmatch(value):
+        raise ValueError(f"not a sha256: {value!r}")
+    return value
 
 
 def account_of(key: str) -> str:

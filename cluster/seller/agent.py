@@ -154,6 +154,11 @@ class SellerAgent:
             "updated_at": time.time(),
             "pid": os.getpid(),
         }
+        if self.workers and self.workers.datasets:
+            status["datasets"] = {
+                "bytes_fetched": self.workers.datasets.bytes_fetched,
+                "cache_bytes": self.workers.datasets.cache.size(),
+            }
         tmp = self.state_dir / (STATUS_FILE + ".tmp")
         tmp.write_text(json.dumps(status))
         tmp.replace(self.state_dir / STATUS_FILE)

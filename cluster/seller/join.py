@@ -50,6 +50,7 @@ class JoinOptions:
     price_per_gpu_hour: str = "0.50"
     max_lease_hours: int = 24
     available_hours: float | None = None
+    cache_gb: float = 50.0
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Enrollment:
     price_per_gpu_hour: str
     max_lease_hours: int
     available_hours: float | None = None
+    cache_gb: float = 50.0  # the dataset cache's limit (datasets/ in the state dir)
 
     @classmethod
     def load(cls, state_dir: Path) -> Enrollment | None:
@@ -147,6 +149,8 @@ def join(options: JoinOptions, invite: str | None) -> tuple[Enrollment, bool]:
         gpus=[g.to_dict() for g in gpus],
         price_per_gpu_hour=options.price_per_gpu_hour,
         max_lease_hours=options.max_lease_hours,
+        available_hours=options.available_hours,
+        cache_gb=options.cache_gb,
     )
     enrollment.save(options.state_dir)
     return enrollment, True

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from computeswarm.cluster.nodes import sandbox
 from computeswarm.cluster.nodes.ray_nodes import (
@@ -26,6 +27,11 @@ from computeswarm.cluster.nodes.ray_nodes import (
     worker_argv,
 )
 from computeswarm.cluster.sellers.gpus import Gpu
+from computeswarm.jobs import contract
+
+if TYPE_CHECKING:
+    from computeswarm.cluster.seller.datasets import LeaseDatasets
+    from computeswarm.cluster.seller.join import Enrollment
 
 log = logging.getLogger("computeswarm.agent")
 READY_MARK = "Ray runtime started"
@@ -33,13 +39,34 @@ SESSIONS_FILE = "worker-sessions.json"
 
 
 class LeaseWorkers:
-    def __init__(self, ip: str, state_dir: Path, gpus: list[Gpu]):
+    def __init__(
+        self, ip: str, state_dir: Path, gpus: list[Gpu], datasets: LeaseDatasets | None = None
+    ):
         self.ip = ip
         self.state_dir = state_dir
         self.gpus = gpus
+        self.datasets = datasets  # fetches the dataset versions a lease reads
         self.nodes: dict[str, tuple[subprocess.Popen, Path]] = {}
+        # Leases whose datasets are being fetched before their node starts: "fetching", or
+        # "failed" (reported, so the coordinator replaces this seller).
+        self.preparing: dict[str, str] = {}
+        self.views: dict[str, dict[str, Path]] = {}  # lease -> its dataset folders
         self._stoppers: list[tuple[int, threading.Thread]] = []
         self._temp_dirs: dict[str, Path] = {}
+        self._lock = threading.RLock()  # the agent's loop and the fetch threads
+
+    @classmethod
+    def of(cls, enrollment: Enrollment, state_dir: Path) -> LeaseWorkers:
+        """An enrolled box's workers; datasets come over the overlay (their own client:
+        a long fetch never holds up a heartbeat) into the cache in its state dir."""
+        from computeswarm.cluster.client import CoordinatorClient
+        from computeswarm.cluster.seller.datasets import LeaseDatasets
+
+        client = CoordinatorClient(
+            enrollment.hub["overlay_api_url"], enrollment.api_key, timeout=60
+        )
+        datasets = LeaseDatasets.in_state_dir(client, state_dir, enrollment.cache_gb)
+        return cls(enrollment.node_ip, state_dir, enrollment.gpu_list, datasets)
 
     def stop_leftovers(self) -> None:
         """Stop worker nodes a previous agent left running (it was killed)."""
@@ -54,15 +81,21 @@ class LeaseWorkers:
 
     def reconcile(self, assignments: list[dict]) -> None:
         wanted = {a["lease_id"]: a for a in assignments}
-        for lease_id in [k for k in self.nodes if k not in wanted]:
-            self._stop(lease_id)
-        for lease_id, assignment in wanted.items():
-            if lease_id not in self.nodes:
-                self._start(assignment)
+        with self._lock:
+            for lease_id in [k for k in (*self.nodes, *self.preparing) if k not in wanted]:
+                self._stop(lease_id)
+            for lease_id, assignment in wanted.items():
+                if lease_id not in self.nodes and lease_id not in self.preparing:
+                    self._start(assignment)
 
     def statuses(self) -> dict[str, str]:
-        out = {}
-        for lease_id, (process, log_path) in self.nodes.items():
+        with self._lock:
+            out = {
+                lease: "failed" if s == "failed" else "starting"
+                for lease, s in self.preparing.items()
+            }
+            nodes = list(self.nodes.items())
+        for lease_id, (process, log_path) in nodes:
             if process.poll() is not None:
                 out[lease_id] = "failed"
             elif log_path.exists() and READY_MARK in log_path.read_text(errors="replace"):
@@ -77,8 +110,9 @@ class LeaseWorkers:
 
     def stop_all(self) -> None:
         """Stop every node, including those still being stopped: none outlives the agent."""
-        for lease_id in list(self.nodes):
-            self._stop(lease_id, wait=True)
+        with self._lock:
+            for lease_id in [*self.nodes, *self.preparing]:
+                self._stop(lease_id, wait=True)
         for session, stopper in self._stoppers:
             stopper.join(10)
             if session_pids(session):
@@ -86,6 +120,31 @@ class LeaseWorkers:
         self._stoppers.clear()
 
     def _start(self, a: dict) -> None:
+        """Start the lease's node; first, off the agent's loop, fetch its datasets."""
+        if not a.get("datasets") or self.datasets is None:
+            self._launch(a, {})
+            return
+        self.preparing[a["lease_id"]] = "fetching"
+        threading.Thread(target=self._fetch_then_launch, args=(a,), daemon=True).start()
+
+    def _fetch_then_launch(self, a: dict) -> None:
+        lease_id = a["lease_id"]
+        with self._lock:
+            in_use = {p.name for views in self.views.values() for p in views.values()}
+        try:
+            views = self.datasets.fetch(lease_id, in_use)
+        except Exception as e:  # reported as a failed node: the market replaces this seller
+            log.error("lease %s: cannot fetch its datasets: %s", lease_id, e)
+            with self._lock:
+                if lease_id in self.preparing:
+                    self.preparing[lease_id] = "failed"
+            return
+        with self._lock:
+            if self.preparing.pop(lease_id, None) is None:
+                return  # withdrawn while fetching
+            self._launch(a, views)
+
+    def _launch(self, a: dict, views: dict[str, Path]) -> None:
         lease_dir = self.state_dir / "leases" / a["lease_id"]
         lease_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         scratch = _temp_dir(a["lease_id"], a["port_base"])
@@ -94,7 +153,7 @@ class LeaseWorkers:
         box = sandbox.Sandbox(
             uid,
             scratch,
-            read_only=tuple(files.get("read", ())),
+            read_only=(*files.get("read", ()), *(str(p) for p in views.values())),
             # Only folders that exist here: on a real seller the coordinator's are elsewhere.
             read_write=tuple(p for p in files.get("write", ()) if Path(p).is_dir()),
         )
@@ -119,16 +178,25 @@ class LeaseWorkers:
             # Pipeline stages are sized by VRAM: the smallest leased GPU's bounds a stage.
             labels={**a["labels"], "cs-gpu": model, "cs-vram-gb": str(vram)},
         )
+        # Where this node's datasets are: Ray's workers and the driver inherit it.
+        dataset_env = {contract.DATASETS: json.dumps({r: str(p) for r, p in views.items()})}
         log_path = lease_dir / "worker.log"
         log_path.unlink(missing_ok=True)
         if boxed:
-            env = box.env({**node_env(Path(sandbox.HOME) / token.name), **seller_node_env(self.ip)})
+            env = box.env(
+                {
+                    **node_env(Path(sandbox.HOME) / token.name),
+                    **seller_node_env(self.ip),
+                    **dataset_env,
+                }
+            )
             argv = box.argv(argv)
         else:
             log.warning("lease %s: NOT sandboxed (%s)", a["lease_id"], sandbox.check().reason)
-            env = {**node_env(token), **seller_node_env(self.ip)}
+            env = {**node_env(token), **seller_node_env(self.ip), **dataset_env}
         process = start_node(argv, env, log_path)
         self.nodes[a["lease_id"]] = (process, log_path)
+        self.views[a["lease_id"]] = views
         self._temp_dirs[a["lease_id"]] = _temp_dir(a["lease_id"], a["port_base"])
         self._save()
         log.info(
@@ -140,6 +208,9 @@ class LeaseWorkers:
         )
 
     def _stop(self, lease_id: str, wait: bool = False) -> None:
+        self.views.pop(lease_id, None)
+        if self.preparing.pop(lease_id, None) is not None:
+            return  # no node yet (its fetch, if still running, will not start one)
         process, _ = self.nodes.pop(lease_id)
         temp_dir = self._temp_dirs.pop(lease_id, None)  # (the sandbox's scratch: its token too)
         self._save()

@@ -328,6 +328,7 @@ def assignments(db: Session | Connection, seller_id: str, head_ip: str) -> list[
             Lease.token,
             Lease.files,
             Job.spec,
+            Job.datasets,
             Seller.address_int,
         )
         .join(Lease, Lease.id == LeaseMember.lease_id)
@@ -363,6 +364,7 @@ def assignments(db: Session | Connection, seller_id: str, head_ip: str) -> list[
                 "labels": {"cs-seller": seller_id, "cs-lease": row.id},
                 "uid": lease_uid(row.port_base),
                 "files": row.files or {},
+                "datasets": sorted(row.datasets or {}),
             }
         )
     return out

@@ -35,6 +35,7 @@ from computeswarm.jobs.upload import unpack_working_dir
 
 if TYPE_CHECKING:
     from computeswarm.cluster.leases.scheduler import LeaseScheduler
+    from computeswarm.cluster.services.datasets import DatasetsService
 
 
 class StoredBytes(Protocol):
@@ -58,6 +59,7 @@ class JobsService:
         scheduler: LeaseScheduler,
         wake_scheduler: Callable[[], None],
         stored: StoredBytes | None = None,
+        datasets: DatasetsService | None = None,
     ):
         self.store, self.clock, self.market = store, clock, market
         self.uploads = uploads  # <uploads>/<job>/working_dir
@@ -65,6 +67,7 @@ class JobsService:
         self.scheduler = scheduler
         self.wake_scheduler = wake_scheduler
         self.stored = stored  # bytes each account keeps in the object store, and its quota
+        self.datasets = datasets  # pins a spec's dataset to one version
 
     def submit(self, caller: Caller, spec_data: dict, working_dir_zip: bytes | None) -> dict:
         caller.require(Role.BUYER, Role.ADMIN)
@@ -95,7 +98,10 @@ class JobsService:
                 raise
             upload = str(target)
             upload_bytes = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+        pinned: dict = {}
         try:
+            if self.datasets is not None:
+                spec, pinned = self.datasets.pin(caller, spec, Path(upload) if upload else None)
             # Training inputs are checked here, before anything is leased.
             check_inputs(spec, Path(upload) if upload else None)
             with self.store.transaction() as db:
@@ -116,6 +122,7 @@ class JobsService:
                 reason="waiting for the market",
                 upload_path=upload,
                 upload_bytes=upload_bytes,
+                datasets=pinned or None,
                 created_at=self.clock(),
             )
             db.add(job)
@@ -241,6 +248,8 @@ class JobsService:
                 "model_version": None,
             }
             out |= kind_of(job).view(db, job, self.where())
+            if job.datasets:  # what it reads, pinned at submit: the same bytes on a rerun
+                out["datasets"] = {ref: pin["id"] for ref, pin in job.datasets.items()}
             version = model_registry.made_by(db, job.id)
             if version is not None:
                 out["model_version"] = f"{version.name}@{version.version}"

@@ -108,6 +108,9 @@ class Job(Base):
     # Bytes of the unpacked upload while it is kept (0 once the finished job's is deleted).
     upload_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     submission_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The dataset versions it reads, pinned at submit: {"[OWNER/]NAME@N": {"owner": account
+    # id, "name", "version", "id": manifest id}}. A rerun of the spec reads the same bytes.
+    datasets: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -192,8 +195,49 @@ class ModelVersion(Base):
         ForeignKey("model_versions.id"), nullable=True
     )
     job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    dataset: Mapped[str | None] = mapped_column(String(200), nullable=True)  # NAME@N (id)
     artifact_path: Mapped[str] = mapped_column(String(500))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Dataset(Base):
+    """A buyer's named dataset: immutable versions, shared read-only by name."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("account_id", "name", name="uq_datasets_name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)  # the owner
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class DatasetVersion(Base):
+    """Version N of a dataset: its manifest (in the store, by its id) and sizes. The row is
+    written after the manifest and every chunk are in the store."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "version", name="uq_dataset_versions_version"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    manifest_id: Mapped[str] = mapped_column(String(64))
+    files: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class DatasetShare(Base):
+    __tablename__ = "dataset_shares"
+    __table_args__ = (UniqueConstraint("dataset_id", "account_id", name="uq_dataset_shares"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)  # the reader
     created_at: Mapped[float] = mapped_column(Float)
 
 

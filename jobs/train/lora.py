@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from computeswarm.jobs import artifacts
+from computeswarm.jobs import artifacts, contract
 from computeswarm.jobs.run_store import RunStore, StepsLog
 from computeswarm.jobs.train.data import IGNORE, encode, read_jsonl, split
 from computeswarm.jobs.train.runs import ring_allreduce_bytes
@@ -114,7 +114,7 @@ def train_lora_worker(config: dict) -> None:
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_bytes = sum(p.numel() * p.element_size() for p in trainable)
 
-    records = read_jsonl(config["dataset"])
+    records = read_jsonl(contract.dataset_file(config["dataset"]))
     train_records, eval_records = split(records, training["eval_fraction"], training["seed"])
     length = training["max_seq_len"]
     shard = [encode(r, tokenizer, length) for r in train_records[rank::world]]

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from computeswarm.jobs import contract
 from computeswarm.jobs.run_store import RunStore, StepsLog
 from computeswarm.jobs.spec_parts import PipelineSettings, Training
 from computeswarm.jobs.train.data import IGNORE, Example, encode, read_jsonl, split
@@ -348,7 +349,8 @@ def _examples(model_path, dataset_path, training: Training) -> tuple[list, list]
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    train, held_out = split(read_jsonl(Path(dataset_path)), training.eval_fraction, training.seed)
+    records = read_jsonl(contract.dataset_file(str(dataset_path)))
+    train, held_out = split(records, training.eval_fraction, training.seed)
     return (
         [encode(record, tokenizer, training.max_seq_len) for record in train],
         [encode(record, tokenizer, training.max_seq_len) for record in held_out],

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 from computeswarm.jobs import contract
 from computeswarm.jobs.run_store import RunStore
@@ -110,7 +109,7 @@ def main(argv: list[str]) -> int:
         "checkpoint": checkpoint,
         "adapter": f"{checkpoint}/adapter" if checkpoint and spec.kind == "lora" else None,
         "spec_hash": spec_hash(spec.model_dump(mode="json")),
-        "data_hash": file_hash(Path(spec.dataset)),
+        "data_hash": file_hash(contract.dataset_file(spec.dataset)),
         "init_adapter": init_adapter,
     }
     run.write_text(contract.RESULT_FILE, json.dumps(outcome, indent=2))

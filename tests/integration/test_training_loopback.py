@@ -317,3 +317,53 @@ def test_a_cancelled_run_resubmitted_resumes_from_its_last_checkpoint(swarm, wor
     steps = [int(line.split()[0]) for line in folder.read_text("steps.log").splitlines()]
     assert sorted(s for s in steps if s <= resumed) == list(range(1, resumed + 1))
     assert set(steps) == set(range(1, 31))
+
+
+def test_a_job_trains_on_a_pushed_dataset_and_a_seller_fetches_it_once(swarm, workdir, tmp_path):
+    """Sellers are other machines: a dataset version reaches a lease as chunks through the
+    coordinator into each seller's cache, outside the sandbox; a second job on the same
+    sellers fetches nothing."""
+    import shutil
+
+    from computeswarm.data.transfer import push
+
+    _until(lambda: sum(s["state"] == "online" for s in swarm.admin.sellers()) >= 2, "online")
+    (tmp_path / "ds").mkdir()
+    shutil.copy(workdir / "data.jsonl", tmp_path / "ds" / "data.jsonl")
+    pushed = push(swarm.buyer, tmp_path / "ds", "sums")
+    code = tmp_path / "code"  # the working_dir holds the model only: the data comes from the store
+    shutil.copytree(workdir / "model", code / "model")
+
+    def fetched() -> dict[str, int]:
+        status = {
+            n: json.loads((swarm.root / n / "agent-status.json").read_text()) for n in SELLERS
+        }
+        return {n: (s.get("datasets") or {}).get("bytes_fetched", 0) for n, s in status.items()}
+
+    before = fetched()
+    one_gpu = {"gpus": "RTX4090:24GB:1", "nodes": 1, "memory_gb_per_node": 1.5}  # s1, the cheapest
+    first = swarm.buyer.submit_job(
+        lora("on-sums", 10, dataset="sums", resources=one_gpu), pack_working_dir(code, 2**22)
+    )
+    assert first["datasets"] == {"sums@1": pushed.version["id"]}
+    done = _until(lambda: _state(swarm, first["id"], "succeeded", "failed"), "end", 400)
+    assert done["state"] == "succeeded", swarm.buyer.job_logs(first["id"])["text"][-3000:]
+    members = {m["seller_id"] for m in done["lease"]["members"]}
+    names = [n for n in SELLERS if swarm.ids[n] in members]
+    after_first = _until(
+        lambda: (f := fetched()) and all(f[n] > before[n] for n in names) and f, "fetched"
+    )
+    for name in names:
+        assert after_first[name] - before[name] == pushed.bytes_total
+    job = _until(lambda: (j := swarm.buyer.job(first["id"]))["model_version"] and j, "model")
+    version = swarm.buyer.model_version(*job["model_version"].split("@"))
+    assert version["dataset"].startswith("sums@1/data.jsonl (id ")
+
+    second = swarm.buyer.submit_job(
+        lora("on-sums-2", 5, dataset="sums@1", resources=one_gpu), pack_working_dir(code, 2**22)
+    )
+    done = _until(lambda: _state(swarm, second["id"], "succeeded", "failed"), "end", 400)
+    assert done["state"] == "succeeded", swarm.buyer.job_logs(second["id"])["text"][-3000:]
+    again = {m["seller_id"] for m in done["lease"]["members"]}
+    for name in (n for n in names if swarm.ids[n] in again):
+        assert fetched()[name] == after_first[name], "a cached version was fetched again"

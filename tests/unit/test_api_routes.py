@@ -106,6 +106,7 @@ def http() -> TestClient:
         accounts=None,
         models=None,
         jobs=FakeJobs(),
+        datasets=None,
         readiness=lambda: {"store": "ok", "hub": "hub not started"},
         metrics=None,
     )

@@ -1,0 +1,1 @@
+"""Buyers' datasets: named immutable versions and read-only shares."""

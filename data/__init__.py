@@ -1,0 +1,1 @@
+"""Datasets and bulk transfer: content-addressed chunks, manifests, caches."""
