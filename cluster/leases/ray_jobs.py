@@ -20,7 +20,7 @@ from computeswarm.cluster.nodes.ray_nodes import PortBlock
 
 log = logging.getLogger("computeswarm.ray_jobs")
 LIVE_LOG_TTL_S = 1.0
-LOG_ATTEMPTS = 20  # the driver node's log agent can take a while on a busy host
+LOG_WAIT_S = 45.0  # the driver node's log agent can take a while on a busy host
 DRIVER_STARTED = "Running entrypoint"  # written by Ray on the driver node, not the head's stub
 # Ray's word for a job whose supervisor (on the driver's node) died with the node: the
 # job did not fail, its seller did, and Ray can say so before the heartbeats do.
@@ -188,10 +188,12 @@ class RayJobs:
             # so the first answer is not enough: the driver's own file says it ran.
             url, headers = self._dashboards[head.lease_id]
             first = client.get_job_info(submission).driver_node_id
-            found = ""
-            for node in dict.fromkeys([first, *_node_ids(url, headers)]):
-                if not node:
-                    continue
+            nodes = [first, *_node_ids(url, headers)]
+        except Exception:
+            return ""
+        found = ""
+        for node in dict.fromkeys(n for n in nodes if n):
+            try:  # one node's busy log agent does not hide another's answer
                 response = httpx.get(
                     f"{url}/api/v0/logs/file",
                     headers=headers,
@@ -202,13 +204,13 @@ class RayJobs:
                         "filename": f"job-driver-{submission}.log",
                     },
                 )
-                if response.status_code == 200:
-                    if DRIVER_STARTED in response.text:
-                        return response.text
-                    found = found or response.text
-            return found
-        except Exception:
-            return ""
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 200:
+                if DRIVER_STARTED in response.text:
+                    return response.text
+                found = found or response.text
+        return found
 
     def save_log(self, head: Head, job_id: str, path: Path) -> None:
         """Keep the driver's output before the lease's nodes go away. The driver's node can
@@ -216,9 +218,15 @@ class RayJobs:
         if path.exists():
             return
         logs = ""
-        for _ in range(LOG_ATTEMPTS):
+        deadline = time.monotonic() + LOG_WAIT_S
+        while True:
             logs = self.fetch_log(job_id, head)  # fresh, not the followers' cached copy
             if DRIVER_STARTED in logs or not self.known(head.lease_id):
+                break
+            if time.monotonic() > deadline:
+                # What a follower last saw beats the head's stub ("setting up").
+                _, live = self._live_logs.get(job_id, (0.0, ""))
+                logs = live if DRIVER_STARTED in live else logs
                 break
             time.sleep(1.0)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -232,7 +232,7 @@ def test_a_sweep_survives_a_coordinator_crash_and_registers_its_best_trial(swarm
     )
     board = buyer.sweep(job_id)
     logs = buyer.job_logs(job_id)["text"]
-    assert job["state"] == "succeeded", (job, board["status"], logs[-3000:])
+    assert job["state"] == "succeeded", (job["reason"], board["status"], logs[-3000:])
 
     # Every position of the plan finished exactly once; the trials finished before the
     # crash are unchanged. A trial launched after Tune's last snapshot of the killed driver
