@@ -1,5 +1,5 @@
 """Dataset commands: `datasets push PATH --name NAME | list | show NAME[@N] |
-pull NAME@N --to DIR | share NAME --with ACCOUNT [--revoke]`."""
+pull NAME@N --to DIR | share NAME --with ACCOUNT [--revoke]`, and `cp SRC DST`."""
 
 from __future__ import annotations
 
@@ -203,3 +203,44 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def cp(
+    src: str = typer.Argument(..., help="A local path, or ds:NAME@N[/FILE] (ds:OWNER/... shared)."),
+    dst: str = typer.Argument(..., help="A local folder, or ds:NAME (a push: its next version)."),
+    streams: int = typer.Option(4, min=1, max=32, help="Chunks in flight at once."),
+    coordinator: str | None = COORDINATOR,
+    api_key: str | None = API_KEY,
+) -> None:
+    """Copy between this machine and the store: `cp ds:sums@1 ./out`, `cp ./corpus ds:sums`.
+    Volumes (`vol:`) are not built yet."""
+    from computeswarm.data.refs import parse_ref
+    from computeswarm.data.transfer import pull, push
+
+    if src.startswith("vol:") or dst.startswith("vol:"):
+        raise typer.BadParameter("volumes (vol:) are not built yet; datasets are ds:NAME@N")
+    client = _client(coordinator, api_key)
+    if src.startswith("ds:") and not dst.startswith("ds:"):
+        try:
+            ref = parse_ref(src[3:])
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+        with _bar(f"cp {src}") as (total, advance):
+            got = pull(client, ref, Path(dst), streams=streams, on_total=total, progress=advance)
+        typer.echo(f"{got.files} file(s) in {dst}: {_size(got.bytes_fetched)} fetched")
+    elif dst.startswith("ds:") and not src.startswith("ds:"):
+        name = dst[3:]
+        if "@" in name or "/" in name:
+            raise typer.BadParameter("a push names the dataset only (ds:NAME): versions are made")
+        with _bar(f"cp {src}") as (total, advance):
+            pushed = push(
+                client,
+                _as_folder(Path(src)),
+                name,
+                streams=streams,
+                on_total=total,
+                progress=advance,
+            )
+        typer.echo(f"{pushed.version['ref']}: sent {_size(pushed.bytes_sent)}")
+    else:
+        raise typer.BadParameter("one side is local and the other ds:... (no store-to-store copy)")

@@ -285,3 +285,30 @@ def test_a_spec_s_dataset_is_pinned_to_a_version_at_submit(swarm, tmp_path):
     push(henry, tmp_path / "two", "pair")
     with pytest.raises(ApiError, match="holds 2 files"):
         henry.submit_job(spec | {"dataset": "pair@1"}, pack_working_dir(work, 2**20))
+
+
+def test_the_cli_pushes_shows_and_copies(swarm, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from computeswarm.cli import app
+    from computeswarm.data import cli as datasets_cli
+
+    ivy = swarm.client("ivy")
+    monkeypatch.setattr(datasets_cli, "_client", lambda *_: ivy)
+    src = write_tree(tmp_path / "src", {"a.jsonl": b'{"text": "x"}\n', "b/c.bin": noise(5000, 3)})
+    runner = CliRunner()
+    pushed = runner.invoke(app, ["datasets", "push", str(src), "--name", "cli-data"])
+    assert pushed.exit_code == 0, pushed.output
+    assert "cli-data@1: 2 files" in pushed.output and "sent 2 of 2 chunks" in pushed.output
+    again = runner.invoke(app, ["cp", str(src), "ds:cli-data"])
+    assert again.exit_code == 0 and "cli-data@1: sent 0 B" in again.output, again.output
+    shown = runner.invoke(app, ["datasets", "show", "cli-data@1"])
+    assert shown.exit_code == 0 and "b/c.bin" in shown.output, shown.output
+    got = runner.invoke(app, ["cp", "ds:cli-data@1/b/c.bin", str(tmp_path / "one")])
+    assert got.exit_code == 0, got.output
+    assert (tmp_path / "one" / "b" / "c.bin").read_bytes() == (src / "b" / "c.bin").read_bytes()
+    assert not (tmp_path / "one" / "a.jsonl").exists()
+    listed = runner.invoke(app, ["datasets", "list"])
+    assert listed.exit_code == 0 and "cli-data@1" in listed.output
+    refused = runner.invoke(app, ["cp", "vol:x/y", str(tmp_path)])
+    assert refused.exit_code != 0 and "not built yet" in refused.output
