@@ -20,7 +20,7 @@ from computeswarm.cluster.nodes.ray_nodes import PortBlock
 
 log = logging.getLogger("computeswarm.ray_jobs")
 LIVE_LOG_TTL_S = 1.0
-LOG_WAIT_S = 45.0  # the driver node's log agent can take a while on a busy host
+LOG_WAIT_S = 15.0  # the driver node's log agent can be slow on a busy host; release waits
 DRIVER_STARTED = "Running entrypoint"  # written by Ray on the driver node, not the head's stub
 # Ray's word for a job whose supervisor (on the driver's node) died with the node: the
 # job did not fail, its seller did, and Ray can say so before the heartbeats do.
