@@ -12,7 +12,7 @@ demo: setup
 test: setup
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
-	bash tests/with_postgres.sh $(VENV)/pytest -m "not bench and not slow" tests
+	bash tests/with_postgres.sh $(VENV)/pytest -m "not bench and not slow" --durations=40 tests
 
 # Slow tests that CI leaves out (their main paths are covered by faster ones in CI).
 test-slow: setup

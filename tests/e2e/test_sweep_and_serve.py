@@ -230,9 +230,13 @@ def test_a_sweep_survives_a_coordinator_crash_and_registers_its_best_trial(swarm
         "the sweep to end",
         poll=2.0,
     )
-    board = buyer.sweep(job_id)
     logs = buyer.job_logs(job_id)["text"]
-    assert job["state"] == "succeeded", (job["reason"], board["status"], logs[-3000:])
+    assert job["state"] == "succeeded", (job["reason"], buyer.sweep(job_id)["status"], logs[-3000:])
+    # The bill is known once both leases are settled, a moment after the job ends (the
+    # release saves the driver's log first).
+    board = wait_for(
+        lambda: (b := buyer.sweep(job_id))["bill_micros"] is not None and b, 60, "the bill"
+    )
 
     # Every position of the plan finished exactly once; the trials finished before the
     # crash are unchanged. A trial launched after Tune's last snapshot of the killed driver

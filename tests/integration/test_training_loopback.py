@@ -88,21 +88,56 @@ def lora(name: str, steps: int, **extra) -> dict:
     }
 
 
+@pytest.fixture(scope="module")
+def sums(swarm, workdir, tmp_path_factory):
+    """The training data pushed as dataset `sums@1`, and a working_dir with the model only:
+    a version reaches a lease as chunks through the coordinator into each seller's cache,
+    outside the sandbox, never through the upload."""
+    import shutil
+
+    from computeswarm.data.transfer import push
+
+    root = tmp_path_factory.mktemp("sums")
+    (root / "ds").mkdir()
+    shutil.copy(workdir / "data.jsonl", root / "ds" / "data.jsonl")
+    shutil.copytree(workdir / "model", root / "code" / "model")
+    return push(swarm.buyer, root / "ds", "sums"), root / "code"
+
+
+def fetched(swarm) -> dict[str, int]:
+    """Dataset bytes each seller's agent has fetched, from its status file."""
+    status = {n: json.loads((swarm.root / n / "agent-status.json").read_text()) for n in SELLERS}
+    return {n: (s.get("datasets") or {}).get("bytes_fetched", 0) for n, s in status.items()}
+
+
 def run_folder(swarm, job_id: str) -> StoredRun:
     run = _runs(swarm, swarm.buyer.job(job_id)["name"])
     assert run is not None
     return run
 
 
-def test_a_lora_job_learns_registers_its_adapter_and_it_loads_in_peft(swarm, workdir, tmp_path):
+def test_a_lora_job_learns_registers_its_adapter_and_it_loads_in_peft(
+    swarm, workdir, sums, tmp_path
+):
+    pushed, code = sums
+    before = fetched(swarm)
     # Low-bandwidth mode: each seller trains alone, adapters are averaged every 5 steps.
-    spec = lora("adder", 30, low_bandwidth={"sync_every": 5})
-    submitted = swarm.buyer.submit_job(spec, pack_working_dir(workdir, 2**22))
+    # `dataset: sums` is pinned at submit to the newest version.
+    spec = lora("adder", 30, dataset="sums", low_bandwidth={"sync_every": 5})
+    submitted = swarm.buyer.submit_job(spec, pack_working_dir(code, 2**22))
+    assert submitted["datasets"] == {"sums@1": pushed.version["id"]}
     done = _until(lambda: _state(swarm, submitted["id"], "succeeded", "failed"), "end", 400)
     assert done["state"] == "succeeded", (done, swarm.buyer.job_logs(submitted["id"])["text"])
     assert {m["seller_id"] for m in done["lease"]["members"]} == {
         swarm.ids["s1"],
         swarm.ids["s2"],
+    }
+    # Each seller fetched the version once, into its own cache.
+    after = _until(lambda: (f := fetched(swarm)) and f["s1"] > before["s1"] and f, "fetched")
+    assert {n: after[n] - before[n] for n in SELLERS} == {
+        "s1": pushed.bytes_total,
+        "s2": pushed.bytes_total,
+        "s3": 0,
     }
     run = run_folder(swarm, submitted["id"])
     result = json.loads(run.read_text("result.json"))
@@ -122,6 +157,7 @@ def test_a_lora_job_learns_registers_its_adapter_and_it_loads_in_peft(swarm, wor
     assert job["model_version"] == "adder@1"
     version = swarm.buyer.model_version("adder", 1)
     assert version["base_model"] == "model" and version["job_id"] == submitted["id"]
+    assert version["dataset"].startswith("sums@1/data.jsonl (id ")
     assert version["checkpoint"] == f"{run.prefix}step-000030"
     # Sellers and coordinator are separate machines: the run never touched its disk.
     assert not list((swarm.root / "head" / "storage").glob("*/runs/adder-*"))
@@ -144,16 +180,21 @@ def test_a_lora_job_learns_registers_its_adapter_and_it_loads_in_peft(swarm, wor
     assert "step 30 loss" in logs and "training finished" in logs
 
 
-def test_a_later_job_starts_from_a_registered_version(swarm, workdir):
+def test_a_later_job_starts_from_a_registered_version(swarm, workdir, sums):
     first = swarm.buyer.model_version("adder", 1)  # from the test above
     with pytest.raises(Exception, match="no version 9"):
         swarm.buyer.submit_job(
             lora("adder", 5, init_adapter="adder@9"), pack_working_dir(workdir, 2**22)
         )
-    spec = lora("adder", 5, init_adapter="adder@1")
-    submitted = swarm.buyer.submit_job(spec, pack_working_dir(workdir, 2**22))
+    _, code = sums
+    before = fetched(swarm)
+    spec = lora("adder", 5, init_adapter="adder@1", dataset="sums@1")
+    submitted = swarm.buyer.submit_job(spec, pack_working_dir(code, 2**22))
     done = _until(lambda: _state(swarm, submitted["id"], "succeeded", "failed"), "end", 400)
     assert done["state"] == "succeeded", swarm.buyer.job_logs(submitted["id"])["text"][-3000:]
+    # The same sellers had the version cached: nothing was fetched again.
+    assert {m["seller_id"] for m in done["lease"]["members"]} == {swarm.ids["s1"], swarm.ids["s2"]}
+    assert fetched(swarm) == before, "a cached version was fetched again"
     second = _until(
         lambda: (j := swarm.buyer.job(submitted["id"]))["model_version"] and j, "registered"
     )
@@ -317,53 +358,3 @@ def test_a_cancelled_run_resubmitted_resumes_from_its_last_checkpoint(swarm, wor
     steps = [int(line.split()[0]) for line in folder.read_text("steps.log").splitlines()]
     assert sorted(s for s in steps if s <= resumed) == list(range(1, resumed + 1))
     assert set(steps) == set(range(1, 31))
-
-
-def test_a_job_trains_on_a_pushed_dataset_and_a_seller_fetches_it_once(swarm, workdir, tmp_path):
-    """Sellers are other machines: a dataset version reaches a lease as chunks through the
-    coordinator into each seller's cache, outside the sandbox; a second job on the same
-    sellers fetches nothing."""
-    import shutil
-
-    from computeswarm.data.transfer import push
-
-    _until(lambda: sum(s["state"] == "online" for s in swarm.admin.sellers()) >= 2, "online")
-    (tmp_path / "ds").mkdir()
-    shutil.copy(workdir / "data.jsonl", tmp_path / "ds" / "data.jsonl")
-    pushed = push(swarm.buyer, tmp_path / "ds", "sums")
-    code = tmp_path / "code"  # the working_dir holds the model only: the data comes from the store
-    shutil.copytree(workdir / "model", code / "model")
-
-    def fetched() -> dict[str, int]:
-        status = {
-            n: json.loads((swarm.root / n / "agent-status.json").read_text()) for n in SELLERS
-        }
-        return {n: (s.get("datasets") or {}).get("bytes_fetched", 0) for n, s in status.items()}
-
-    before = fetched()
-    one_gpu = {"gpus": "RTX4090:24GB:1", "nodes": 1, "memory_gb_per_node": 1.5}  # s1, the cheapest
-    first = swarm.buyer.submit_job(
-        lora("on-sums", 10, dataset="sums", resources=one_gpu), pack_working_dir(code, 2**22)
-    )
-    assert first["datasets"] == {"sums@1": pushed.version["id"]}
-    done = _until(lambda: _state(swarm, first["id"], "succeeded", "failed"), "end", 400)
-    assert done["state"] == "succeeded", swarm.buyer.job_logs(first["id"])["text"][-3000:]
-    members = {m["seller_id"] for m in done["lease"]["members"]}
-    names = [n for n in SELLERS if swarm.ids[n] in members]
-    after_first = _until(
-        lambda: (f := fetched()) and all(f[n] > before[n] for n in names) and f, "fetched"
-    )
-    for name in names:
-        assert after_first[name] - before[name] == pushed.bytes_total
-    job = _until(lambda: (j := swarm.buyer.job(first["id"]))["model_version"] and j, "model")
-    version = swarm.buyer.model_version(*job["model_version"].split("@"))
-    assert version["dataset"].startswith("sums@1/data.jsonl (id ")
-
-    second = swarm.buyer.submit_job(
-        lora("on-sums-2", 5, dataset="sums@1", resources=one_gpu), pack_working_dir(code, 2**22)
-    )
-    done = _until(lambda: _state(swarm, second["id"], "succeeded", "failed"), "end", 400)
-    assert done["state"] == "succeeded", swarm.buyer.job_logs(second["id"])["text"][-3000:]
-    again = {m["seller_id"] for m in done["lease"]["members"]}
-    for name in (n for n in names if swarm.ids[n] in again):
-        assert fetched()[name] == after_first[name], "a cached version was fetched again"
