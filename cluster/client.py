@@ -255,6 +255,64 @@ class CoordinatorClient:
     def lease_chunk(self, lease_id: str, sha256: str) -> bytes:
         return self._retrying("GET", f"/v1/leases/{lease_id}/chunks/{sha256}", raw=True)
 
+    # -- volumes ------------------------------------------------------------------------
+
+    def create_volume(self, name: str, size_bytes: int | None = None) -> dict:
+        return self._call("POST", "/v1/volumes", json={"name": name, "size_bytes": size_bytes})
+
+    def volumes(self) -> list[dict]:
+        return self._call("GET", "/v1/volumes")
+
+    def volume(self, name: str) -> dict:
+        return self._call("GET", f"/v1/volumes/{name}")
+
+    def volume_files(self, name: str, path: str = "") -> list[dict]:
+        return self._call("GET", f"/v1/volumes/{name}/files", params={"path": path})
+
+    def volume_manifest(self, name: str) -> dict:
+        return self._call("GET", f"/v1/volumes/{name}/manifest")
+
+    def volume_chunk(self, name: str, sha256: str) -> bytes:
+        return self._retrying("GET", f"/v1/volumes/{name}/chunks/{sha256}", raw=True)
+
+    def volume_missing(self, name: str, chunks: list[tuple[str, int]]) -> list[str]:
+        body = {"chunks": [{"sha256": sha, "size": size} for sha, size in chunks]}
+        return self._retrying("POST", f"/v1/volumes/{name}/chunks/missing", json=body)["missing"]
+
+    def volume_put_chunk(self, name: str, sha256: str, data: bytes) -> bool:
+        headers = {"Content-Type": "application/octet-stream"}
+        path = f"/v1/volumes/{name}/chunks/{sha256}"
+        return self._retrying("PUT", path, content=data, headers=headers)["stored"]
+
+    def commit_volume(self, name: str, base: str | None, manifest: dict) -> dict:
+        body = {"base": base, "manifest": manifest}
+        return self._call("POST", f"/v1/volumes/{name}/commits", json=body)
+
+    def remove_volume(self, name: str) -> dict:
+        return self._call("DELETE", f"/v1/volumes/{name}")
+
+    def lease_volumes(self, lease_id: str) -> list[dict]:
+        """A seller's agent: the volumes a lease it serves mounts, each's newest commit."""
+        return self._call("GET", f"/v1/leases/{lease_id}/volumes")
+
+    def lease_volume_chunk(self, lease_id: str, name: str, sha256: str) -> bytes:
+        path = f"/v1/leases/{lease_id}/volumes/{name}/chunks/{sha256}"
+        return self._retrying("GET", path, raw=True)
+
+    def lease_volume_missing(self, lease_id: str, name: str, chunks: list[tuple[str, int]]):
+        body = {"chunks": [{"sha256": sha, "size": size} for sha, size in chunks]}
+        path = f"/v1/leases/{lease_id}/volumes/{name}/chunks/missing"
+        return self._retrying("POST", path, json=body)["missing"]
+
+    def lease_volume_put_chunk(self, lease_id: str, name: str, sha256: str, data: bytes) -> bool:
+        path = f"/v1/leases/{lease_id}/volumes/{name}/chunks/{sha256}"
+        headers = {"Content-Type": "application/octet-stream"}
+        return self._retrying("PUT", path, content=data, headers=headers)["stored"]
+
+    def lease_volume_commit(self, lease_id: str, name: str, base: str | None, manifest: dict):
+        body = {"base": base, "manifest": manifest}
+        return self._call("POST", f"/v1/leases/{lease_id}/volumes/{name}/commits", json=body)
+
     # -- measurements -------------------------------------------------------------------
 
     def rtt_ms(self, samples: int = 3) -> float:

@@ -36,6 +36,7 @@ from computeswarm.cluster.sellers import registry
 from computeswarm.cluster.sellers.states import SellerState
 from computeswarm.cluster.services.datasets import DatasetsService
 from computeswarm.cluster.services.jobs import JobsService
+from computeswarm.cluster.services.volumes import VolumesService
 from computeswarm.cluster.store.db import Store
 from computeswarm.cluster.store.models import Account, Lease, LeaseMember, Seller
 from computeswarm.errors import SystemError_
@@ -100,6 +101,7 @@ class Coordinator:
         )
         quota = config.storage.quota_bytes_per_account
         self.datasets = DatasetsService(self.store, clock, lambda: self.objects.store, quota)
+        self.volumes = VolumesService(self.store, clock, self.datasets.objects, self.datasets)
         self.jobs = JobsService(
             self.store,
             clock,
@@ -110,6 +112,7 @@ class Coordinator:
             self.wake_scheduler,
             stored=self.objects,
             datasets=self.datasets,
+            volumes=self.volumes,
         )
         # Buyers' serve jobs, behind /v1/serve/<job>/v1.
         self.gateway = StoreBackend(self.store, clock, self.scheduler.ctx.where)

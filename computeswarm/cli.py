@@ -18,6 +18,7 @@ from computeswarm.cluster.cli.commands import (
 )
 from computeswarm.cluster.cli.models import models_app
 from computeswarm.data.cli import cp, datasets_app
+from computeswarm.data.volumes_cli import volumes_app
 from computeswarm.errors import ComputeSwarmError
 from computeswarm.jobs.cli import jobs_app, ledger, market_app, submit, sweeps_app
 from computeswarm.jobs.templates_cli import templates_app
@@ -94,6 +95,7 @@ app.add_typer(market_app, name="market")
 app.add_typer(sweeps_app, name="sweeps")
 app.add_typer(models_app, name="models")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(volumes_app, name="volumes")
 app.command("cp")(cp)
 app.add_typer(templates_app, name="templates")
 app.command("ledger")(ledger)

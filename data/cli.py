@@ -206,21 +206,47 @@ def _size(n: int) -> str:
 
 
 def cp(
-    src: str = typer.Argument(..., help="A local path, or ds:NAME@N[/FILE] (ds:OWNER/... shared)."),
-    dst: str = typer.Argument(..., help="A local folder, or ds:NAME (a push: its next version)."),
+    src: str = typer.Argument(
+        ..., help="A local path, ds:NAME@N[/FILE] (ds:OWNER/... shared), or vol:NAME[/PATH]."
+    ),
+    dst: str = typer.Argument(
+        ..., help="A local folder, ds:NAME (a push: its next version), or vol:NAME[/PATH]."
+    ),
     streams: int = typer.Option(4, min=1, max=32, help="Chunks in flight at once."),
     coordinator: str | None = COORDINATOR,
     api_key: str | None = API_KEY,
 ) -> None:
-    """Copy between this machine and the store: `cp ds:sums@1 ./out`, `cp ./corpus ds:sums`.
-    Volumes (`vol:`) are not built yet."""
+    """Copy between this machine and the store: `cp ds:sums@1 ./out`, `cp ./corpus ds:sums`,
+    `cp ./weights vol:cache/models` (added; the volume's other files stay), `cp vol:cache ./out`."""
     from computeswarm.data.refs import parse_ref
     from computeswarm.data.transfer import pull, push
+    from computeswarm.data.volume_transfer import pull_from, push_into
 
-    if src.startswith("vol:") or dst.startswith("vol:"):
-        raise typer.BadParameter("volumes (vol:) are not built yet; datasets are ds:NAME@N")
     client = _client(coordinator, api_key)
-    if src.startswith("ds:") and not dst.startswith("ds:"):
+    remote = ("ds:", "vol:")
+    if src.startswith(remote) == dst.startswith(remote):
+        raise typer.BadParameter("one side is local and the other ds:... or vol:...")
+    if src.startswith("vol:"):
+        name, _, path = src[4:].partition("/")
+        with _bar(f"cp {src}") as (total, advance):
+            got = pull_from(
+                client, name, path, Path(dst), streams=streams, on_total=total, progress=advance
+            )
+        typer.echo(f"{got.files} file(s) in {dst}: {_size(got.bytes_fetched)} fetched")
+    elif dst.startswith("vol:"):
+        name, _, path = dst[4:].partition("/")
+        with _bar(f"cp {src}") as (total, advance):
+            volume, sent = push_into(
+                client,
+                _as_folder(Path(src)),
+                name,
+                path,
+                streams=streams,
+                on_total=total,
+                progress=advance,
+            )
+        typer.echo(f"volume {name}: {volume['files']} files; sent {_size(sent)}")
+    elif src.startswith("ds:"):
         try:
             ref = parse_ref(src[3:])
         except ValueError as e:
@@ -228,7 +254,7 @@ def cp(
         with _bar(f"cp {src}") as (total, advance):
             got = pull(client, ref, Path(dst), streams=streams, on_total=total, progress=advance)
         typer.echo(f"{got.files} file(s) in {dst}: {_size(got.bytes_fetched)} fetched")
-    elif dst.startswith("ds:") and not src.startswith("ds:"):
+    else:
         name = dst[3:]
         if "@" in name or "/" in name:
             raise typer.BadParameter("a push names the dataset only (ds:NAME): versions are made")
@@ -242,5 +268,3 @@ def cp(
                 progress=advance,
             )
         typer.echo(f"{pushed.version['ref']}: sent {_size(pushed.bytes_sent)}")
-    else:
-        raise typer.BadParameter("one side is local and the other ds:... (no store-to-store copy)")

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
-PATH_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=-]{0,254}")
+# Dotfiles too (a cache's `.locks`); "." and ".." never (safe_path).
+PATH_SEGMENT = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9._+=-]{0,254}")
 MAX_FILES = 200_000
 MAX_CHUNKS_PER_FILE = 1_000_000
 

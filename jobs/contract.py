@@ -34,6 +34,13 @@ STORED = "store:"
 # Dataset versions on this node: JSON {"[OWNER/]NAME@N": folder}. Set by the seller's agent
 # on the node it starts (the folder is its cache's read-only view), not by the coordinator.
 DATASETS = "COMPUTESWARM_DATASETS"
+# Volumes on this node: JSON {mount path: folder} (the same path inside a sandbox, where
+# each is bound at its mount; the folder on a seller that cannot sandbox). Set by the agent.
+VOLUMES = "COMPUTESWARM_VOLUMES"
+# A folder only this node's job and the seller's agent write: `commit_volumes` asks there.
+CONTROL_DIR = "COMPUTESWARM_CONTROL_DIR"
+COMMIT_REQUEST = "computeswarm-commit"
+COMMIT_DONE = "computeswarm-committed"
 SERVE_HOST = "COMPUTESWARM_SERVE_HOST"  # serve: where Serve's HTTP proxy listens
 SERVE_PORT = "COMPUTESWARM_SERVE_PORT"  # serve: its port (in the lease's own block)
 SERVE_PROXY = "COMPUTESWARM_SERVE_PROXY"  # serve: HeadOnly | EveryNode | Disabled
@@ -90,3 +97,30 @@ def run_dir(env: Mapping[str, str] = os.environ, default: str | None = None) -> 
     if value is None:
         raise KeyError(f"{RUN_DIR} is not set: the coordinator sets it for every driver")
     return Path(value)
+
+
+def volume_path(mount: str, env: Mapping[str, str] = os.environ) -> Path:
+    """Where a spec's volume mount is on this node (the mount path itself when sandboxed)."""
+    return Path(json.loads(env.get(VOLUMES) or "{}").get(mount, mount))
+
+
+def commit_volumes(timeout_s: float = 300.0, env: Mapping[str, str] = os.environ) -> None:
+    """Ask this node's agent to commit its read-write volumes now, and wait until it has
+    (a later job on any seller sees what was written before this call). Raises
+    RuntimeError with the agent's reason when the commit was refused (e.g. the volume is
+    full) and TimeoutError when no answer came."""
+    import time
+
+    folder = Path(env.get(CONTROL_DIR) or "/tmp")
+    done = folder / COMMIT_DONE
+    done.unlink(missing_ok=True)
+    (folder / COMMIT_REQUEST).write_text("commit")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if done.exists() and (answer := done.read_text()):
+            done.unlink(missing_ok=True)
+            if answer != "ok":
+                raise RuntimeError(f"the volumes were not committed: {answer}")
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"no commit answer from the seller's agent in {timeout_s:.0f} s")

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from computeswarm.jobs import inputs
 from computeswarm.jobs.money import MICROS
+from computeswarm.jobs.mounts import VolumeMount, check_mounts
 from computeswarm.strict import StrictModel
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
@@ -125,6 +126,14 @@ class JobBase(StrictModel):
     )
     max_duration: float = Field(3600, description="Seconds, or 30m / 2h / 1d.")
     queue: bool = Field(True, description="Wait for supply (true) or fail fast (false).")
+    volumes: dict[str, VolumeMount] = Field(
+        default_factory=dict, description="Your volumes, by mount path on every node."
+    )
+
+    @field_validator("volumes")
+    @classmethod
+    def _mounts(cls, value: dict[str, VolumeMount]) -> dict[str, VolumeMount]:
+        return check_mounts(value)
 
     @field_validator("max_duration", mode="before")
     @classmethod

@@ -27,6 +27,7 @@ from computeswarm.cluster.api.routes import (
     market,
     models,
     sellers,
+    volumes,
 )
 from computeswarm.cluster.api.routes.gateway import gateway_router
 from computeswarm.cluster.coordinator import Coordinator
@@ -35,7 +36,18 @@ from computeswarm.cluster.gateway.core import MAX_BODY_BYTES as GATEWAY_MAX_BODY
 from computeswarm.cluster.services.datasets import MAX_MANIFEST_BYTES
 from computeswarm.errors import UserError
 
-ROUTERS = (health, enrollment, accounts, sellers, jobs, market, ledger, models, datasets)
+ROUTERS = (
+    health,
+    enrollment,
+    accounts,
+    sellers,
+    jobs,
+    market,
+    ledger,
+    models,
+    datasets,
+    volumes,
+)
 
 
 def create_app(coordinator: Coordinator) -> FastAPI:
@@ -52,6 +64,8 @@ def create_app(coordinator: Coordinator) -> FastAPI:
             "/v1/serve/": GATEWAY_MAX_BODY_BYTES,  # prompts: the gateway checks its own cap
             # Chunks (8 MiB at most, checked by the route) and manifests.
             "/v1/datasets/": MAX_MANIFEST_BYTES,
+            "/v1/volumes/": MAX_MANIFEST_BYTES,
+            "/v1/leases/": MAX_MANIFEST_BYTES,  # volumes' chunks and commits, from sellers
         },
     )
     return app

@@ -20,6 +20,7 @@ from computeswarm.cluster.services.accounts import AccountsService
 from computeswarm.cluster.services.datasets import DatasetsService
 from computeswarm.cluster.services.models import ModelsService
 from computeswarm.cluster.services.sellers import SellersService
+from computeswarm.cluster.services.volumes import VolumesService
 
 if TYPE_CHECKING:
     from computeswarm.cluster.coordinator import Coordinator
@@ -65,6 +66,7 @@ class ApiServices:
     models: ModelsService
     jobs: JobsService
     datasets: DatasetsService
+    volumes: VolumesService
     readiness: Callable[[], dict[str, str]]
     metrics: CollectorRegistry
 
@@ -85,6 +87,7 @@ class ApiServices:
             models=ModelsService(c.store),
             jobs=c.jobs,
             datasets=c.datasets,
+            volumes=c.volumes,
             readiness=c.readiness,
             metrics=c.metrics,
         )
@@ -123,6 +126,10 @@ def jobs(request: Request) -> JobsService:
 
 def datasets(request: Request) -> DatasetsService:
     return services(request).datasets
+
+
+def volumes(request: Request) -> VolumesService:
+    return services(request).volumes
 
 
 def _client_address(request: Request) -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from computeswarm.cluster.errors import ApiError
 from computeswarm.jobs.money import MICROS
+from computeswarm.jobs.mounts import VOLUME_NAME
 from computeswarm.strict import StrictModel
 from computeswarm.tunnel.config import parse_endpoint
 from computeswarm.tunnel.errors import ConfigParseError
@@ -150,6 +151,9 @@ class Assignment(ResponseModel):
     files: dict[str, Any] = Field(default_factory=dict)
     datasets: list[str] = Field(
         default_factory=list, description="Dataset versions to fetch before the node starts."
+    )
+    volumes: list[str] = Field(
+        default_factory=list, description="Mount paths of volumes to fetch before it starts."
     )
 
 
@@ -338,4 +342,41 @@ class ShareRequest(StrictModel):
 class LeaseDataset(ResponseModel):
     ref: str
     id: str
+    manifest: dict[str, Any]
+
+
+class VolumeCreate(StrictModel):
+    name: str = Field(pattern=VOLUME_NAME, description="Letters, digits, _ and -.")
+    size_bytes: int | None = Field(None, gt=0, description="Its size limit (default 10 GiB).")
+
+
+class VolumeView(ResponseModel):
+    name: str
+    id: str
+    size_bytes: int = Field(description="What its newest commit holds.")
+    size_limit_bytes: int
+    files: int
+    commits: int
+    head: str | None = Field(description="The newest commit's manifest id (None: empty).")
+    last_error: str | None = Field(description="Why the last commit was refused, if it was.")
+    created_at: float
+    updated_at: float
+
+
+class VolumeFile(ResponseModel):
+    path: str
+    size: int
+    sha256: str
+
+
+class VolumeCommitRequest(StrictModel):
+    base: str | None = Field(None, description="The commit the node's copy started from.")
+    manifest: dict[str, Any]
+
+
+class LeaseVolume(ResponseModel):
+    mount: str
+    name: str
+    readonly: bool
+    head: str | None
     manifest: dict[str, Any]

@@ -47,6 +47,8 @@ KEPT_ENV_PREFIXES = (
     "GLOO_",
     contract.NODE_IP,
     contract.DATASETS,
+    contract.VOLUMES,
+    contract.CONTROL_DIR,
     "LANG",
     "LC_",
     "TZ",
@@ -80,6 +82,7 @@ class Sandbox:
     scratch: Path  # read-write, owned by `uid`, mounted as /tmp (and HOME)
     read_only: tuple[str, ...] = ()  # the lease's inputs (uploads, registered models)
     read_write: tuple[str, ...] = ()  # the lease's outputs (its run folder)
+    mounts: tuple[tuple[str, str, bool], ...] = ()  # volumes: (folder, mount path, read-only)
     python: tuple[str, ...] = field(default_factory=lambda: python_paths())
 
     def argv(self, command: list[str]) -> list[str]:
@@ -103,6 +106,9 @@ class Sandbox:
         view += ["--bind", str(self.scratch), HOME]
         view += _mounts(shared)
         view += _mounts(lease)
+        view += [a for parent in _parents(p for _, p, _ in self.mounts) for a in _open_dir(parent)]
+        for folder, path, readonly in self.mounts:
+            view += ["--ro-bind" if readonly else "--bind", folder, path]
         view += [arg for device in gpu_devices() for arg in ("--dev-bind", device, device)]
         # Passwd/group name the lease user (Ray and torch look the user name up).
         view += ["--ro-bind", str(self.scratch / ".passwd"), "/etc/passwd"]

@@ -62,6 +62,20 @@ def manifest_key(account_id: str, name: str, manifest_id: str) -> str:
     return f"{dataset_prefix(account_id, name)}manifests/{_sha256(manifest_id)}.json"
 
 
+def volume_prefix(account_id: str, volume_id: str) -> str:
+    """A volume, every commit: its chunks and manifests, by the volume's id (a volume
+    removed and made again under the same name starts empty)."""
+    return f"{account_prefix(account_id)}volumes/{segment(volume_id)}/"
+
+
+def volume_chunk_key(account_id: str, volume_id: str, sha256: str) -> str:
+    return f"{volume_prefix(account_id, volume_id)}chunks/{_sha256(sha256)}"
+
+
+def volume_manifest_key(account_id: str, volume_id: str, manifest_id: str) -> str:
+    return f"{volume_prefix(account_id, volume_id)}manifests/{_sha256(manifest_id)}.json"
+
+
 def _sha256(value: str) -> str:
     if not SHA256.fullmatch(value):
         raise ValueError(f"not a sha256: {value!r}")

@@ -32,6 +32,7 @@ from computeswarm.jobs import contract
 if TYPE_CHECKING:
     from computeswarm.cluster.seller.datasets import LeaseDatasets
     from computeswarm.cluster.seller.join import Enrollment
+    from computeswarm.cluster.seller.volumes import LeaseVolumes, Mounted
 
 log = logging.getLogger("computeswarm.agent")
 READY_MARK = "Ray runtime started"
@@ -40,12 +41,18 @@ SESSIONS_FILE = "worker-sessions.json"
 
 class LeaseWorkers:
     def __init__(
-        self, ip: str, state_dir: Path, gpus: list[Gpu], datasets: LeaseDatasets | None = None
+        self,
+        ip: str,
+        state_dir: Path,
+        gpus: list[Gpu],
+        datasets: LeaseDatasets | None = None,
+        volumes: LeaseVolumes | None = None,
     ):
         self.ip = ip
         self.state_dir = state_dir
         self.gpus = gpus
         self.datasets = datasets  # fetches the dataset versions a lease reads
+        self.volumes = volumes  # fetches and commits the volumes a lease mounts
         self.nodes: dict[str, tuple[subprocess.Popen, Path]] = {}
         # Leases whose datasets are being fetched before their node starts: "fetching", or
         # "failed" (reported, so the coordinator replaces this seller).
@@ -61,12 +68,14 @@ class LeaseWorkers:
         a long fetch never holds up a heartbeat) into the cache in its state dir."""
         from computeswarm.cluster.client import CoordinatorClient
         from computeswarm.cluster.seller.datasets import LeaseDatasets
+        from computeswarm.cluster.seller.volumes import LeaseVolumes
 
         client = CoordinatorClient(
             enrollment.hub["overlay_api_url"], enrollment.api_key, timeout=60
         )
         datasets = LeaseDatasets.in_state_dir(client, state_dir, enrollment.cache_gb)
-        return cls(enrollment.node_ip, state_dir, enrollment.gpu_list, datasets)
+        volumes = LeaseVolumes(client, state_dir / "volumes")
+        return cls(enrollment.node_ip, state_dir, enrollment.gpu_list, datasets, volumes)
 
     def stop_leftovers(self) -> None:
         """Stop worker nodes a previous agent left running (it was killed)."""
@@ -120,9 +129,11 @@ class LeaseWorkers:
         self._stoppers.clear()
 
     def _start(self, a: dict) -> None:
-        """Start the lease's node; first, off the agent's loop, fetch its datasets."""
-        if not a.get("datasets") or self.datasets is None:
-            self._launch(a, {})
+        """Start the lease's node; first, off the agent's loop, fetch its datasets and
+        volumes."""
+        wants_data = a.get("datasets") and self.datasets is not None
+        if not wants_data and not (a.get("volumes") and self.volumes is not None):
+            self._launch(a, {}, [])
             return
         self.preparing[a["lease_id"]] = "fetching"
         threading.Thread(target=self._fetch_then_launch, args=(a,), daemon=True).start()
@@ -132,19 +143,25 @@ class LeaseWorkers:
         with self._lock:
             in_use = {p.name for views in self.views.values() for p in views.values()}
         try:
-            views = self.datasets.fetch(lease_id, in_use)
+            views = self.datasets.fetch(lease_id, in_use) if a.get("datasets") else {}
+            mounts = []
+            if a.get("volumes") and self.volumes is not None:
+                uid = int(a.get("uid") or sandbox.lease_uid(a["port_base"]))
+                mounts = self.volumes.fetch(lease_id, uid if sandbox.check().ok else None)
         except Exception as e:  # reported as a failed node: the market replaces this seller
-            log.error("lease %s: cannot fetch its datasets: %s", lease_id, e)
+            log.error("lease %s: cannot fetch its datasets or volumes: %s", lease_id, e)
             with self._lock:
                 if lease_id in self.preparing:
                     self.preparing[lease_id] = "failed"
             return
         with self._lock:
-            if self.preparing.pop(lease_id, None) is None:
-                return  # withdrawn while fetching
-            self._launch(a, views)
+            if self.preparing.pop(lease_id, None) is None:  # withdrawn while fetching
+                if self.volumes is not None:
+                    self.volumes.discard(lease_id)
+                return
+            self._launch(a, views, mounts)
 
-    def _launch(self, a: dict, views: dict[str, Path]) -> None:
+    def _launch(self, a: dict, views: dict[str, Path], mounts: list[Mounted]) -> None:
         lease_dir = self.state_dir / "leases" / a["lease_id"]
         lease_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         scratch = _temp_dir(a["lease_id"], a["port_base"])
@@ -156,6 +173,7 @@ class LeaseWorkers:
             read_only=(*files.get("read", ()), *(str(p) for p in views.values())),
             # Only folders that exist here: on a real seller the coordinator's are elsewhere.
             read_write=tuple(p for p in files.get("write", ()) if Path(p).is_dir()),
+            mounts=tuple((str(m.folder), m.mount, m.readonly) for m in mounts),
         )
         boxed = sandbox.check().ok
         if boxed:
@@ -180,6 +198,10 @@ class LeaseWorkers:
         )
         # Where this node's datasets are: Ray's workers and the driver inherit it.
         dataset_env = {contract.DATASETS: json.dumps({r: str(p) for r, p in views.items()})}
+        if mounts:  # sandboxed, each volume is at its mount path; else, in its folder
+            places = {m.mount: m.mount if boxed else str(m.folder) for m in mounts}
+            control = sandbox.HOME if boxed else str(scratch)
+            dataset_env |= {contract.VOLUMES: json.dumps(places), contract.CONTROL_DIR: control}
         log_path = lease_dir / "worker.log"
         log_path.unlink(missing_ok=True)
         if boxed:
@@ -194,7 +216,11 @@ class LeaseWorkers:
         else:
             log.warning("lease %s: NOT sandboxed (%s)", a["lease_id"], sandbox.check().reason)
             env = {**node_env(token), **seller_node_env(self.ip), **dataset_env}
+        if mounts and not boxed:
+            scratch.mkdir(parents=True, exist_ok=True)
         process = start_node(argv, env, log_path)
+        if mounts and self.volumes is not None:
+            self.volumes.watch(a["lease_id"], scratch)
         self.nodes[a["lease_id"]] = (process, log_path)
         self.views[a["lease_id"]] = views
         self._temp_dirs[a["lease_id"]] = _temp_dir(a["lease_id"], a["port_base"])
@@ -216,10 +242,14 @@ class LeaseWorkers:
         self._save()
         (self.state_dir / "leases" / lease_id / "token").unlink(missing_ok=True)
         log.info("lease %s: stopping the worker node", lease_id)
+        # Once the node is stopped, its volumes are committed a last time.
+        then = (lambda: self.volumes.finish(lease_id)) if self.volumes else None
         if wait:
-            _stop_node(process.pid, temp_dir)
+            _stop_node(process.pid, temp_dir, then)
         else:
-            stopper = threading.Thread(target=_stop_node, args=(process.pid, temp_dir), daemon=True)
+            stopper = threading.Thread(
+                target=_stop_node, args=(process.pid, temp_dir, then), daemon=True
+            )
             stopper.start()
             self._stoppers.append((process.pid, stopper))
 
@@ -232,8 +262,10 @@ def _temp_dir(lease_id: str, port_base: int) -> Path:
     return Path(f"/tmp/cs-ray/{lease_id}-{port_base}")
 
 
-def _stop_node(session: int, temp_dir: Path | None) -> None:
-    """Stop a lease node's whole session, then remove its Ray temp dir."""
+def _stop_node(session: int, temp_dir: Path | None, then=None) -> None:
+    """Stop a lease node's whole session, run `then`, then remove its Ray temp dir."""
     stop_session(session, grace_s=5)
+    if then is not None:
+        then()
     if temp_dir is not None:
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -365,6 +365,7 @@ def assignments(db: Session | Connection, seller_id: str, head_ip: str) -> list[
                 "uid": lease_uid(row.port_base),
                 "files": row.files or {},
                 "datasets": sorted(row.datasets or {}),
+                "volumes": sorted(row.spec.get("volumes") or {}),  # their mount paths
             }
         )
     return out

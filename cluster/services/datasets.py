@@ -66,7 +66,7 @@ class DatasetsService:
             _check_sha(sha)
         present = self._chunks_of(caller.account_id, name)
         missing = {sha: size for sha, size in chunks if sha not in present}
-        self._check_quota(caller.account_id, sum(missing.values()))
+        self.check_quota(caller.account_id, sum(missing.values()))
         return list(missing)
 
     def put_chunk(self, caller: Caller, name: str, sha: str, data: bytes) -> bool:
@@ -80,7 +80,7 @@ class DatasetsService:
             raise ApiError(f"chunk {sha[:12]}: its bytes do not hash to its name")
         if self._chunks_of(caller.account_id, name, only=sha):
             return False
-        self._check_quota(caller.account_id, len(data), cached=True)
+        self.check_quota(caller.account_id, len(data), cached=True)
         try:
             self._store().put_bytes(chunk_key(caller.account_id, name, sha), data)
         except UNAVAILABLE as e:
@@ -234,24 +234,8 @@ class DatasetsService:
     # -- helpers ------------------------------------------------------------------------
 
     def _lease_pins(self, caller: Caller, lease_id: str) -> dict[str, dict]:
-        caller.require(Role.SELLER)
         with self.store.transaction() as db:
-            member = db.scalar(
-                select(LeaseMember)
-                .join(Seller, Seller.id == LeaseMember.seller_id)
-                .join(Lease, Lease.id == LeaseMember.lease_id)
-                .where(
-                    LeaseMember.lease_id == lease_id,
-                    Seller.account_id == caller.account_id,
-                    LeaseMember.state.in_([MemberState.ASSIGNED.value, MemberState.ATTACHED.value]),
-                    Lease.state.in_(LEASE_STATES),
-                )
-            )
-            if member is None:
-                raise NotFound(f"no lease {lease_id}")
-            job = db.scalar(
-                select(Job).join(Lease, Lease.job_id == Job.id).where(Lease.id == lease_id)
-            )
+            job = lease_job(db, caller, lease_id)
             return dict(job.datasets or {}) if job else {}
 
     def _pin_manifest(self, pin: dict) -> Manifest:
@@ -295,7 +279,7 @@ class DatasetsService:
         except UNAVAILABLE as e:
             raise Busy(f"the object store cannot be listed now: {e}") from e
 
-    def _check_quota(self, account_id: str, incoming: int, cached: bool = False) -> None:
+    def check_quota(self, account_id: str, incoming: int, cached: bool = False) -> None:
         """Refuse what would take the account past its quota. `cached`: from a count at
         most USAGE_TTL_S old plus what was stored since (one listing per push, not one
         per chunk)."""
@@ -319,6 +303,30 @@ class DatasetsService:
         if store is None:
             raise Busy("the object store is not started yet; retry soon")
         return store
+
+
+def lease_job(db, caller: Caller, lease_id: str, ended_after: float | None = None):
+    """The job of a lease the calling seller is in (None for a lease without one), or
+    NotFound. A running lease by default; with `ended_after`, also one that ended (or
+    dropped this seller) since then, for what a node hands back as it stops."""
+    caller.require(Role.SELLER)
+    query = (
+        select(LeaseMember, Lease)
+        .join(Seller, Seller.id == LeaseMember.seller_id)
+        .join(Lease, Lease.id == LeaseMember.lease_id)
+        .where(LeaseMember.lease_id == lease_id, Seller.account_id == caller.account_id)
+    )
+    if ended_after is None:
+        query = query.where(
+            LeaseMember.state.in_([MemberState.ASSIGNED.value, MemberState.ATTACHED.value]),
+            Lease.state.in_(LEASE_STATES),
+        )
+    row = db.execute(query).first()
+    if row is None:
+        raise NotFound(f"no lease {lease_id}")
+    if ended_after is not None and (row.Lease.ended_at or ended_after) < ended_after:
+        raise NotFound(f"no lease {lease_id}")
+    return db.scalar(select(Job).where(Job.id == row.Lease.job_id)) if row.Lease.job_id else None
 
 
 def _chosen_file(manifest: Manifest, ref: DatasetRef):

@@ -36,6 +36,7 @@ from computeswarm.jobs.upload import unpack_working_dir
 if TYPE_CHECKING:
     from computeswarm.cluster.leases.scheduler import LeaseScheduler
     from computeswarm.cluster.services.datasets import DatasetsService
+    from computeswarm.cluster.services.volumes import VolumesService
 
 
 class StoredBytes(Protocol):
@@ -60,6 +61,7 @@ class JobsService:
         wake_scheduler: Callable[[], None],
         stored: StoredBytes | None = None,
         datasets: DatasetsService | None = None,
+        volumes: VolumesService | None = None,
     ):
         self.store, self.clock, self.market = store, clock, market
         self.uploads = uploads  # <uploads>/<job>/working_dir
@@ -68,6 +70,7 @@ class JobsService:
         self.wake_scheduler = wake_scheduler
         self.stored = stored  # bytes each account keeps in the object store, and its quota
         self.datasets = datasets  # pins a spec's dataset to one version
+        self.volumes = volumes  # the volumes a spec mounts must be the buyer's
 
     def submit(self, caller: Caller, spec_data: dict, working_dir_zip: bytes | None) -> dict:
         caller.require(Role.BUYER, Role.ADMIN)
@@ -102,6 +105,8 @@ class JobsService:
         try:
             if self.datasets is not None:
                 spec, pinned = self.datasets.pin(caller, spec, Path(upload) if upload else None)
+            if self.volumes is not None:
+                self.volumes.check_spec(caller, spec)
             # Training inputs are checked here, before anything is leased.
             check_inputs(spec, Path(upload) if upload else None)
             with self.store.transaction() as db:

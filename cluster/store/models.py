@@ -285,3 +285,38 @@ class ServeRequest(Base):
     seconds: Mapped[float] = mapped_column(Float)
     cost_micros: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class Volume(Base):
+    """A buyer's persistent volume: a chain of commits, the newest one its contents
+    (`head`, a manifest in the store; None while empty)."""
+
+    __tablename__ = "volumes"
+    __table_args__ = (UniqueConstraint("account_id", "name", name="uq_volumes_name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)  # the owner
+    name: Mapped[str] = mapped_column(String(64))
+    size_limit_bytes: Mapped[int] = mapped_column(BigInteger)
+    head: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    files: Mapped[int] = mapped_column(Integer, default=0)
+    commits: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class VolumeCommit(Base):
+    """One commit of a volume: from which lease, on which version, what it became."""
+
+    __tablename__ = "volume_commits"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    base: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    head: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    lease_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    committed_at: Mapped[float] = mapped_column(Float)

@@ -310,5 +310,5 @@ def test_the_cli_pushes_shows_and_copies(swarm, tmp_path, monkeypatch):
     assert not (tmp_path / "one" / "a.jsonl").exists()
     listed = runner.invoke(app, ["datasets", "list"])
     assert listed.exit_code == 0 and "cli-data@1" in listed.output
-    refused = runner.invoke(app, ["cp", "vol:x/y", str(tmp_path)])
-    assert refused.exit_code != 0 and "not built yet" in refused.output
+    refused = runner.invoke(app, ["cp", "vol:x/y", "ds:cli-data"])
+    assert refused.exit_code != 0 and "one side is local" in refused.output

@@ -246,6 +246,88 @@ def test_a_job_runs_on_the_two_cheapest_matching_sellers_and_is_billed(swarm):
     assert set(totals.values()) == {0}
 
 
+WRITER = """
+import os, pathlib
+from computeswarm.jobs import contract
+here = contract.volume_path("/workspace/data")
+sandboxed = os.environ[contract.VOLUMES].endswith('"/workspace/data"}')
+print("SANDBOXED", sandboxed, "SEES", sorted(p.name for p in here.iterdir()), flush=True)
+(here / "models").mkdir(exist_ok=True)
+(here / "models" / "weights.bin").write_bytes(bytes(range(256)) * 4096)
+contract.commit_volumes()
+print("COMMITTED", flush=True)
+(here / "after.txt").write_text("written after the explicit commit")
+"""
+READER = """
+import pathlib
+from computeswarm.jobs import contract
+here = contract.volume_path("/data")
+print("READ", (here / "after.txt").read_text(), len((here / "models" / "weights.bin").read_bytes()))
+try:
+    (here / "x").write_text("no")
+    print("WROTE")
+except OSError as e:
+    print("READONLY", e.errno)
+"""
+
+
+def test_a_volume_keeps_what_one_job_wrote_for_the_next_on_another_seller(swarm, tmp_path):
+    """The seller's agent fetches the volume before the node starts, binds it at the mount
+    path in the sandbox, commits when the job asks and once more after the node stops;
+    the folder on the seller goes with the lease."""
+    swarm.buyer.create_volume("cache", 10 * 2**20)
+    (tmp_path / "w.py").write_text(WRITER)
+    (tmp_path / "r.py").write_text(READER)
+    from computeswarm.jobs.upload import pack_working_dir
+
+    writer = job(
+        "writer",
+        "python w.py",
+        "RTX4090:24GB:1",
+        1,
+        runtime_env={"working_dir": "."},
+        volumes={"/workspace/data": "cache"},
+    )
+    first = swarm.buyer.submit_job(writer, pack_working_dir(tmp_path, 2**20))
+    _until(lambda: _state(swarm, first["id"], "succeeded", "failed"), "writer", timeout=150)
+    done = _settled(swarm, first["id"])
+    logs = swarm.buyer.job_logs(first["id"])["text"]
+    assert done["state"] == "succeeded", (done, logs[-3000:])
+    assert "SEES []" in logs and "COMMITTED" in logs, logs[-3000:]
+    assert ("SANDBOXED True" in logs) == (os.geteuid() == 0), logs[-3000:]
+    # The last commit comes after the node stopped: a moment after the lease settled.
+    files = _until(
+        lambda: (
+            (f := {x["path"]: x["size"] for x in swarm.buyer.volume_files("cache")})
+            and "after.txt" in f
+            and f
+        ),
+        "the last commit",
+    )
+    assert files == {"after.txt": 33, "models/weights.bin": 256 * 4096}
+    assert swarm.buyer.volume("cache")["commits"] == 2
+    seller = next(n for n in SELLERS if swarm.ids[n] == done["lease"]["members"][0]["seller_id"])
+    _until(lambda: not (swarm.root / seller / "volumes" / done["lease"]["id"]).exists(), "gone")
+
+    # The next job reads it, read-only, on whichever seller the market picks.
+    reader = job(
+        "reader",
+        "python r.py",
+        "RTX4090:24GB:1",
+        1,
+        runtime_env={"working_dir": "."},
+        volumes={"/data": {"name": "cache", "readonly": True}},
+    )
+    second = swarm.buyer.submit_job(reader, pack_working_dir(tmp_path, 2**20))
+    _until(lambda: _state(swarm, second["id"], "succeeded", "failed"), "reader", timeout=150)
+    _settled(swarm, second["id"])
+    logs = _until(lambda: (c := swarm.buyer.job_logs(second["id"]))["done"] and c, "logs")["text"]
+    assert f"READ written after the explicit commit {256 * 4096}" in logs, logs[-3000:]
+    if os.geteuid() == 0:  # sandboxed: the mount itself is read-only
+        assert "READONLY 30" in logs, logs[-3000:]
+    assert swarm.buyer.volume("cache")["commits"] == 2
+
+
 def test_a_closed_lease_leaves_no_temp_dir_of_its_head_or_its_workers(swarm):
     """Each lease node's Ray temp dir (its sandbox's /tmp: Ray's sessions, the lease token)
     goes with the node once the lease has settled."""

@@ -107,6 +107,7 @@ def http() -> TestClient:
         models=None,
         jobs=FakeJobs(),
         datasets=None,
+        volumes=None,
         readiness=lambda: {"store": "ok", "hub": "hub not started"},
         metrics=None,
     )

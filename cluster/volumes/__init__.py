@@ -1,0 +1,1 @@
+"""Buyers\x27 persistent volumes: names, limits and the chain of commits."""
