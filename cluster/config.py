@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 
 import yaml
@@ -89,6 +90,16 @@ class StorageConfig(StrictModel):
     secret_key: str | None = Field(None, description="Its secret (set it by environment).")
     quota_bytes_per_account: int = Field(
         2 * 1024**3, ge=0, description="Per buyer: bytes in the store before submissions stop."
+    )
+    price_per_gb_hour: Decimal = Field(
+        Decimal("0.00003"),
+        ge=0,
+        le=1,
+        description="What a buyer pays per GB-hour of volumes and datasets (0.00003: ~0.022 a "
+        "GB-month).",
+    )
+    meter_every_s: float = Field(
+        3600, ge=1, description="How often stored bytes are sampled and billed."
     )
 
     @model_validator(mode="after")

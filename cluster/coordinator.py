@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -28,7 +28,12 @@ from computeswarm.cluster.leases.heads import Heads
 from computeswarm.cluster.leases.ray_jobs import RayJobs
 from computeswarm.cluster.leases.scheduler import LeaseScheduler
 from computeswarm.cluster.leases.states import ACTIVE_LEASE_STATES, ACTIVE_MEMBER_STATES, values
-from computeswarm.cluster.metrics import SellerCollector, StorageCollector, api_latency
+from computeswarm.cluster.metrics import (
+    SellerCollector,
+    StorageCollector,
+    api_latency,
+    sales_counters,
+)
 from computeswarm.cluster.nodes import sandbox
 from computeswarm.cluster.nodes.ray_nodes import become_subreaper
 from computeswarm.cluster.objects.plane import ObjectPlane
@@ -101,7 +106,7 @@ class Coordinator:
         )
         quota = config.storage.quota_bytes_per_account
         self.datasets = DatasetsService(self.store, clock, lambda: self.objects.store, quota)
-        self.volumes = VolumesService(self.store, clock, self.datasets.objects, self.datasets)
+        self.volumes = VolumesService(self.datasets, config.storage)  # and storage's meter
         self.jobs = JobsService(
             self.store,
             clock,
@@ -116,15 +121,7 @@ class Coordinator:
         )
         # Buyers' serve jobs, behind /v1/serve/<job>/v1.
         self.gateway = StoreBackend(self.store, clock, self.scheduler.ctx.where)
-        self.gpu_seconds_sold = Counter(
-            "computeswarm_gpu_seconds_sold", "Metered GPU-seconds settled.", registry=self.metrics
-        )
-        self.revenue = Counter(
-            "computeswarm_revenue_micros",
-            "Money settled from buyers, by recipient.",
-            ["to"],
-            registry=self.metrics,
-        )
+        self.gpu_seconds_sold, self.revenue = sales_counters(self.metrics)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -348,6 +345,7 @@ class Coordinator:
             try:
                 self.check_heartbeats()
                 self.objects.tend(self.active_lease_ids)
+                self.volumes.meter.tick()  # GB-hours of volumes and datasets, billed
             except Exception:  # keep watching; the next round retries
                 log.exception("health check failed")
 

@@ -10,7 +10,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import select
@@ -94,3 +94,17 @@ def api_latency(registry: CollectorRegistry) -> Histogram:
         registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     )
+
+
+def sales_counters(registry: CollectorRegistry) -> tuple[Counter, Counter]:
+    """GPU-seconds sold, and money settled by recipient (`sellers`, `platform`, `storage`)."""
+    sold = Counter(
+        "computeswarm_gpu_seconds_sold", "Metered GPU-seconds settled.", registry=registry
+    )
+    revenue = Counter(
+        "computeswarm_revenue_micros",
+        "Money settled from buyers, by recipient.",
+        ["to"],
+        registry=registry,
+    )
+    return sold, revenue

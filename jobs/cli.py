@@ -296,6 +296,16 @@ def market_quote(
             )
     for seller, reason in quote.rejected.items():
         typer.echo(f"  not {seller}: {reason}")
+    if (kept := quote.storage) is not None:
+        typer.echo(
+            f"storage: you keep {kept.held_bytes / 1e9:.3f} GB at {kept.price_per_gb_hour} per "
+            f"GB-hour: {kept.per_hour}/h, {kept.per_month}/month ({kept.during_job} during the job)"
+        )
+        for name, v in kept.volumes.items():
+            typer.echo(
+                f"  volume {name}: {v.size_bytes / 1e9:.3f} of {v.size_limit_bytes / 1e9:.3f} GB "
+                f"({v.per_hour_when_full}/h when full)"
+            )
 
 
 def ledger(

@@ -152,11 +152,28 @@ class QuotedSeller(ResponseModel):
     price_per_gpu_hour: str = Field(description="What the buyer pays: the ask plus the fee.")
 
 
+class QuotedVolume(ResponseModel):
+    size_bytes: int
+    size_limit_bytes: int
+    per_hour_when_full: str
+
+
+class StorageQuote(ResponseModel):
+    """Storage is billed per GB-hour until it is removed, job or no job."""
+
+    price_per_gb_hour: str
+    held_bytes: int = Field(description="Your volumes' newest commits and datasets' chunks.")
+    per_hour: str
+    per_month: str
+    during_job: str = Field(description="What it costs over the job's max_duration.")
+    volumes: dict[str, QuotedVolume] = Field(default_factory=dict)
+
+
 class Quote(ResponseModel):
     """What the market would choose now; nothing is leased."""
 
     sometimes: ClassVar[frozenset[str]] = frozenset(
-        {"price_per_hour", "estimated_cost", "sellers", "reason"}
+        {"price_per_hour", "estimated_cost", "sellers", "reason", "storage"}
     )
 
     escrow: str = ""
@@ -169,6 +186,7 @@ class Quote(ResponseModel):
     rejected: dict[str, str] = Field(
         default_factory=dict, description="With `explain`: seller id -> why not chosen."
     )
+    storage: StorageQuote | None = None
 
 
 # -- ledger ---------------------------------------------------------------------------------

@@ -127,6 +127,12 @@ def settle(
     )
 
 
+def storage(account_id: str, micros: int, ref: str) -> Transaction:
+    """What the buyer's volumes and datasets held over a metering period, to the platform
+    (which runs the store)."""
+    return Transaction("storage", ref, ((buyer(account_id), -micros), (PLATFORM, micros)))
+
+
 def post(db: Session, txn: Transaction, now: float) -> str:
     txn_id = f"t-{secrets.token_hex(6)}"
     for account, amount in txn.entries:

@@ -176,6 +176,8 @@ class JobsService:
             asks = self.scheduler.asks_now(db, now)
         decision = match(bid_for("quote", spec), asks, now, self.market.fee_bps, explain_all=True)
         out: dict = {"escrow": money_text(spec.escrow_micros), "max_duration_s": spec.max_duration}
+        if self.volumes is not None and caller.role is Role.BUYER:
+            out["storage"] = self.volumes.quote(caller, spec)
         if isinstance(decision, Match):
             vram = {a.seller_id: a.vram_gb for a in asks}
             per_hour = decision.price_per_hour_micros

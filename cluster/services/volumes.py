@@ -10,13 +10,14 @@ account's job, find no such volume.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 from pydantic import ValidationError
 from sqlalchemy import select
 
 from computeswarm.cluster.accounts.roles import Caller, Role
+from computeswarm.cluster.config import StorageConfig
 from computeswarm.cluster.errors import ApiError, Busy, Conflict, NotFound
+from computeswarm.cluster.ledger.storage import StorageMeter, storage_micros
 from computeswarm.cluster.models.registry import lock_account
 from computeswarm.cluster.objects.client import UNAVAILABLE, ObjectMissing, ObjectStore
 from computeswarm.cluster.objects.layout import (
@@ -30,12 +31,12 @@ from computeswarm.cluster.services.datasets import (
     DatasetsService,
     lease_job,
 )
-from computeswarm.cluster.store.db import Store
 from computeswarm.cluster.store.models import Job, Volume
 from computeswarm.cluster.volumes import registry
 from computeswarm.data.manifest import SHA256, Manifest
 from computeswarm.data.merge import merge
 from computeswarm.jobs.errors import SpecError
+from computeswarm.jobs.money import money_text
 from computeswarm.jobs.spec import AnyJob
 from computeswarm.jobs.states import JobState
 
@@ -45,15 +46,12 @@ DEFAULT_SIZE = 10 * 2**30
 
 
 class VolumesService:
-    def __init__(
-        self,
-        store: Store,
-        clock: Callable[[], float],
-        objects: Callable[[], ObjectStore | None],
-        datasets: DatasetsService,
-    ):
-        self.store, self.clock, self.objects = store, clock, objects
+    def __init__(self, datasets: DatasetsService, storage: StorageConfig):
+        self.store, self.clock, self.objects = datasets.store, datasets.clock, datasets.objects
         self.datasets = datasets  # the account's storage quota, counted once for both
+        self.meter = StorageMeter(
+            self.store, self.clock, self.objects, storage.price_per_gb_hour, storage.meter_every_s
+        )
 
     # -- the owner ----------------------------------------------------------------------
 
@@ -119,6 +117,34 @@ class VolumesService:
                         f"volumes: {path}: you have no volume {mount.name!r} "
                         f"(`computeswarm volumes create {mount.name}`)"
                     )
+
+    def quote(self, caller: Caller, spec: AnyJob) -> dict:
+        """What storage costs the buyer while the job runs (and after: it is billed until
+        removed): all it keeps now, and each volume the job mounts when full."""
+        price, hours = self.meter.price, spec.max_duration / 3600
+        held = self.meter.held(caller.account_id)
+        with self.store.transaction() as db:
+            mounted = {
+                m.name: registry.find(db, caller.account_id, m.name) for m in spec.volumes.values()
+            }
+        return {
+            "price_per_gb_hour": str(price),
+            "held_bytes": held,
+            "per_hour": money_text(storage_micros(held, 3600, price)),
+            "per_month": money_text(storage_micros(held, 730 * 3600, price)),
+            "during_job": money_text(storage_micros(held, hours * 3600, price)),
+            "volumes": {
+                name: {
+                    "size_bytes": v.size_bytes,
+                    "size_limit_bytes": v.size_limit_bytes,
+                    "per_hour_when_full": money_text(
+                        storage_micros(v.size_limit_bytes, 3600, price)
+                    ),
+                }
+                for name, v in mounted.items()
+                if v is not None
+            },
+        }
 
     # -- the sellers of a lease ---------------------------------------------------------
 

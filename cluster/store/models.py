@@ -320,3 +320,12 @@ class VolumeCommit(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     lease_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     committed_at: Mapped[float] = mapped_column(Float)
+
+
+class StorageMeter(Base):
+    """Until when an account's volumes and datasets have been billed."""
+
+    __tablename__ = "storage_meters"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    until: Mapped[float] = mapped_column(Float)

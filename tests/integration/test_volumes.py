@@ -291,3 +291,44 @@ def test_a_commit_past_the_volume_s_limit_is_refused_and_shown(swarm, tmp_path):
     shown = hal.volume("small")
     assert shown["size_bytes"] == 500 and "is full" in shown["last_error"]
     assert contents(hal, "small", tmp_path) == {"fits.txt": b"x" * 500}
+
+
+def test_storage_is_billed_in_gb_hours_once_per_period_and_quoted(swarm, tmp_path):
+    """Last in the module: it moves the head's clock on by hours."""
+    from decimal import Decimal
+
+    from computeswarm.cluster.ledger.storage import StorageMeter, storage_micros
+    from computeswarm.data.transfer import push
+    from computeswarm.data.volume_transfer import push_into
+
+    ivy = swarm.client("ivy")
+    ivy.create_volume("billed", 10**7)
+    push_into(ivy, write_tree(tmp_path / "v", {"w.bin": os.urandom(2_000_000)}), "billed")
+    push(ivy, write_tree(tmp_path / "d", {"d.bin": os.urandom(1_000_000)}), "ivy-data")
+    meter = swarm.head.coordinator.volumes.meter
+    meter.price = Decimal("1.5")  # per GB-hour: large enough to see at these sizes
+    before = ivy.ledger()["balances_micros"]
+    meter.tick()  # first sight of ivy's data: metered from now, nothing billed yet
+    assert not [e for e in ivy.ledger()["entries"] if e["kind"] == "storage"]
+
+    held = meter.held(swarm.ids["ivy"])
+    assert 3_000_000 <= held < 3_100_000  # the volume's commit and the dataset's chunks
+    swarm.head.clock.advance(2 * 3600 + 5)
+    meter.tick()
+    # A restarted coordinator's meter bills nothing again for the same hours.
+    StorageMeter(meter.store, meter.clock, meter.objects, meter.price, meter.every_s).tick()
+    charged = [e for e in ivy.ledger()["entries"] if e["kind"] == "storage"]
+    assert len(charged) == 1 and charged[0]["amount_micros"] == -storage_micros(
+        held, 7200, Decimal("1.5")
+    )
+    assert charged[0]["amount_micros"] <= -9000  # 3 MB x 2 h x 1.5 per GB-hour
+    after = ivy.ledger()["balances_micros"]
+    assert sum(after.values()) == sum(before.values()) + charged[0]["amount_micros"]
+    whole = swarm.admin.ledger()["entries"]
+    assert sum(e["amount_micros"] for e in whole if e["txn"] == charged[0]["txn"]) == 0
+
+    quoted = ivy.quote(spec({"/workspace/data": "billed"}) | {"max_duration": "2h"}, False)
+    storage = quoted["storage"]
+    assert storage["held_bytes"] == held and storage["price_per_gb_hour"] == "1.5"
+    assert storage["during_job"] == f"0.{storage_micros(held, 7200, Decimal('1.5')):06d}"
+    assert storage["volumes"]["billed"]["size_limit_bytes"] == 10**7

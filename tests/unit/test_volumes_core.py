@@ -118,3 +118,16 @@ def test_the_walk_skips_links_fifos_and_odd_names_and_sends_from_open_files(tmp_
     assert {hashlib.sha256(d).hexdigest() for d in sent.values()} == {
         c.sha256 for c in walked.manifest.chunks()
     }
+
+
+def test_storage_is_charged_per_gb_hour_rounded_down_to_a_micro_unit():
+    from decimal import Decimal
+
+    from computeswarm.cluster.ledger.storage import storage_micros
+
+    price = Decimal("0.00003")  # the default: ~0.022 per GB-month
+    assert storage_micros(10**9, 3600, price) == 30
+    assert storage_micros(10**9, 730 * 3600, price) == 21_900
+    assert storage_micros(5 * 10**8, 3600, price) == 15
+    assert storage_micros(10**6, 3600, price) == 0  # 0.03 of a micro-unit: not billed
+    assert storage_micros(0, 10**6, price) == 0

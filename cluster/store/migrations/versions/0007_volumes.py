@@ -1,5 +1,6 @@
 """Volumes: a buyer's persistent, named file trees, committed back by the jobs that mount
-them (a chain of manifests in the store).
+them (a chain of manifests in the store); and until when each account's stored bytes
+have been billed.
 
 Revision ID: 0007
 Revises: 0006
@@ -46,7 +47,14 @@ def upgrade() -> None:
         sa.Column("committed_at", sa.Float, nullable=False),
     )
 
+    op.create_table(
+        "storage_meters",
+        sa.Column("account_id", sa.String(40), sa.ForeignKey("accounts.id"), primary_key=True),
+        sa.Column("until", sa.Float, nullable=False),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("storage_meters")
     op.drop_table("volume_commits")
     op.drop_table("volumes")
