@@ -110,20 +110,19 @@ def test_jobs_run_fenced_on_sellers_and_the_bill_balances(swarm):
     run = swarm.run_id
     lan_ip = f"198.19.{_subnet(run)}.200"
     head_underlay = swarm.coordinator.split("//")[1].split(":")[0]
-    # Job A: two sellers, holds its lease while job B probes it.
-    job_a = submit(
-        buyer,
-        spec(
-            "a",
-            2,
-            {
-                "HOLD_S": "20",
-                "PROBE_TARGETS": json.dumps(
-                    [[lan_ip, 22], [head_underlay, 8443], ["10.90.0.1", 8443]]
-                ),
-            },
-        ),
+    # Job A: two sellers, holds its lease while job B probes it; its driver writes into a
+    # volume, which its seller's agent commits back over the overlay.
+    buyer.create_volume("probes", 2**20)
+    body_a = spec(
+        "a",
+        2,
+        {
+            "HOLD_S": "20",
+            "VOLUME_MOUNT": "/workspace/probes",
+            "PROBE_TARGETS": json.dumps([[lan_ip, 22], [head_underlay, 8443], ["10.90.0.1", 8443]]),
+        },
     )
+    job_a = submit(buyer, body_a | {"volumes": {"/workspace/probes": "probes"}})
     a = wait(buyer, job_a, ("running",))
     found_a = probe(buyer, job_a)
     a_members = [m["seller_id"] for m in a["lease"]["members"]]
@@ -153,6 +152,27 @@ def test_jobs_run_fenced_on_sellers_and_the_bill_balances(swarm):
     assert all(state != "open" for state in found_b["reach"].values()), found_b
     wait(buyer_two, job_b, ("succeeded",))
     wait(buyer, job_a, ("succeeded",))
+    # What the driver wrote on its seller is in the volume once the nodes stopped.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not buyer.volume_files("probes"):
+        time.sleep(0.5)
+    assert [f["path"] for f in buyer.volume_files("probes")] == ["probe.json"]
+    from computeswarm.cluster.errors import NotFound
+
+    with pytest.raises(NotFound):
+        buyer_two.volume_files("probes")
+    # A later job reads it on every node of its lease (2 of the 3 sellers: at least one
+    # is not the one that wrote it), read-only.
+    reader = spec("c", 2, {"VOLUME_MOUNT": "/v"}) | {"entrypoint": "python read_volume.py"}
+    job_c = submit(buyer, reader | {"volumes": {"/v": {"name": "probes", "readonly": True}}})
+    reads = probe(buyer, job_c, "READS")
+    wait(buyer, job_c, ("succeeded",))
+    assert len(reads) == 2 and all(r["read"]["netns"] == found_a["netns"] for r in reads), reads
+    assert not any(r["writable"] for r in reads), reads
+    assert (
+        len({m["seller_id"] for m in buyer.job(job_c)["lease"]["members"]} - {driver["seller_id"]})
+        >= 1
+    )
 
     # The ledger: every transaction sums to zero; sellers got ask x GPUs x seconds.
     view = admin.ledger()

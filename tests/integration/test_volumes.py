@@ -46,8 +46,11 @@ def spec(volumes: dict) -> dict:
     }
 
 
-def lease_of(swarm, buyer: str, lease_id: str, volumes: dict, sellers: list[str]) -> None:
-    """A running lease of `buyer`'s job mounting `volumes`, on these sellers."""
+def lease_of(
+    swarm, buyer: str, lease_id: str, volumes: dict, sellers: list[str], datasets=None
+) -> None:
+    """A running lease of `buyer`'s job mounting `volumes` (and reading `datasets`, pins
+    as submit makes them), on these sellers."""
     now = swarm.head.clock()
     with swarm.head.coordinator.store.transaction() as db:
         db.add(
@@ -59,6 +62,7 @@ def lease_of(swarm, buyer: str, lease_id: str, volumes: dict, sellers: list[str]
                 spec=parse_job_spec(spec(volumes)).model_dump(mode="json"),
                 state="running",
                 lease_id=lease_id,
+                datasets=datasets,
                 created_at=now,
                 started_at=now,
             )
@@ -274,6 +278,40 @@ def test_leases_of_other_jobs_cannot_read_or_write_a_volume(swarm, tmp_path):
     with pytest.raises(NotFound):  # a volume Fay's job does not mount
         c1.lease_volume_missing("l-fay", "other", [])
     assert fay.volume("mine")["commits"] == 0
+
+
+def test_a_lease_s_seller_reads_only_the_chunks_of_its_own_job_s_datasets(swarm, tmp_path):
+    """A seller serving lease A asks, through lease A, for a chunk of the dataset lease B
+    reads (B is another buyer's): 404, though the chunk exists."""
+    from computeswarm.data.chunking import scan
+    from computeswarm.data.transfer import push
+
+    ida, jon = swarm.client("ida"), swarm.client("jon")
+    pins = {}
+    for who, name in ((ida, "ida-data"), (jon, "jon-data")):
+        src = write_tree(tmp_path / name, {"d.bin": os.urandom(5000)})
+        version = push(who, src, name).version
+        entry = scan(src).manifest.files[0]
+        pins[name] = {
+            f"{name}@1": {
+                "owner": swarm.ids["ida" if who is ida else "jon"],
+                "name": name,
+                "version": 1,
+                "id": version["id"],
+                "path": "d.bin",
+                "sha256": entry.sha256,
+            }
+        }
+        pins[name + ":chunk"] = entry.chunks[0].sha256
+    (sa, ca), (sb, _) = seller(swarm, "n7"), seller(swarm, "n8")
+    lease_of(swarm, "ida", "l-ida", {}, [sa], datasets=pins["ida-data"])
+    lease_of(swarm, "jon", "l-jon", {}, [sb], datasets=pins["jon-data"])
+    assert ca.lease_chunk("l-ida", pins["ida-data:chunk"])  # its own job's: fine
+    with pytest.raises(NotFound):
+        ca.lease_chunk("l-ida", pins["jon-data:chunk"])
+    with pytest.raises(NotFound):
+        ca.lease_chunk("l-jon", pins["jon-data:chunk"])
+    assert [d["ref"] for d in ca.lease_datasets("l-ida")] == ["ida-data@1"]
 
 
 def test_a_commit_past_the_volume_s_limit_is_refused_and_shown(swarm, tmp_path):
