@@ -11,6 +11,7 @@ folder is the job's to write: it is read as an untrusted tree (`data/untrusted.p
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from computeswarm.cluster.client import CoordinatorClient
+from computeswarm.cluster.errors import NotFound
 from computeswarm.data.assemble import materialize
 from computeswarm.data.chunking import Piece
 from computeswarm.data.manifest import Manifest
@@ -28,6 +30,7 @@ from computeswarm.jobs import contract
 
 log = logging.getLogger("computeswarm.agent")
 COMMIT_EVERY_S = 60.0
+MOUNTS_FILE = "mounts.json"  # per lease folder: its volumes, for a restarted agent
 ASK_BATCH = 5_000
 STREAMS = 4
 
@@ -76,7 +79,31 @@ class LeaseVolumes:
             )
         self.mounted[lease_id] = mounts
         self._locks[lease_id] = threading.Lock()
+        self._record(lease_id)
         return mounts
+
+    def recover(self) -> None:
+        """After this agent was killed: commit what the folders its predecessor left hold
+        (their nodes are stopped by now), then remove them. A lease that ended over
+        COMMIT_GRACE_S ago is refused by the coordinator: its writes are lost."""
+        for record in sorted(self.root.glob(f"*/{MOUNTS_FILE}")):
+            lease_id = record.parent.name
+            try:
+                saved = json.loads(record.read_text())
+                self.mounted[lease_id] = [
+                    Mounted(m["mount"], m["name"], Path(m["folder"]), m["readonly"], m["base"])
+                    for m in saved
+                ]
+                self._locks[lease_id] = threading.Lock()
+                self.commit(lease_id)
+                log.warning("lease %s: committed the volumes a previous agent left", lease_id)
+            except NotFound as e:  # the lease ended too long ago, or the volume is gone
+                log.error("lease %s: the volumes left behind are lost: %s", lease_id, e)
+            except Exception as e:  # kept for the next start
+                log.error("lease %s: cannot commit the volumes left behind: %s", lease_id, e)
+                self.mounted.pop(lease_id, None)
+                continue
+            self.discard(lease_id)
 
     def watch(self, lease_id: str, control_dir: Path) -> None:
         """Commit every `every_s`, and whenever the job asks (`contract.commit_volumes`)."""
@@ -150,8 +177,18 @@ class LeaseVolumes:
             lease_id, m.name, m.base, walked.manifest.model_dump(mode="json")
         )
         m.base = walked.manifest.id
+        self._record(lease_id)
         log.info("lease %s: volume %s committed (%d files)", lease_id, m.name, view["files"])
         return view
+
+    def _record(self, lease_id: str) -> None:
+        """What a restarted agent needs to commit these folders (`recover`)."""
+        mounts = [{**m.__dict__, "folder": str(m.folder)} for m in self.mounted.get(lease_id, ())]
+        path = self.root / lease_id / MOUNTS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(mounts))
+        partial.replace(path)
 
     def _watch(self, lease_id: str, control_dir: Path, stop: threading.Event) -> None:
         asked = control_dir / contract.COMMIT_REQUEST

@@ -80,13 +80,14 @@ class LeaseWorkers:
     def stop_leftovers(self) -> None:
         """Stop worker nodes a previous agent left running (it was killed)."""
         path = self.state_dir / SESSIONS_FILE
-        if not path.exists():
-            return
-        for session in json.loads(path.read_text()).values():
-            if session_pids(session):
-                log.warning("stopping a worker node left by a previous agent (session %d)", session)
-                stop_session(session, grace_s=5)
-        path.unlink()
+        if path.exists():
+            for session in json.loads(path.read_text()).values():
+                if session_pids(session):
+                    log.warning("stopping a worker node left by a previous agent (%d)", session)
+                    stop_session(session, grace_s=5)
+            path.unlink()
+        if self.volumes is not None:  # their nodes are stopped: commit what they wrote
+            self.volumes.recover()
 
     def reconcile(self, assignments: list[dict]) -> None:
         wanted = {a["lease_id"]: a for a in assignments}

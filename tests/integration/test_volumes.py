@@ -314,6 +314,20 @@ def test_a_lease_s_seller_reads_only_the_chunks_of_its_own_job_s_datasets(swarm,
     assert [d["ref"] for d in ca.lease_datasets("l-ida")] == ["ida-data@1"]
 
 
+def test_an_agent_killed_mid_job_commits_on_its_next_start(swarm, tmp_path):
+    kim = swarm.client("kim")
+    kim.create_volume("survives", 10**6)
+    (s1, c1) = seller(swarm, "n9")
+    lease_of(swarm, "kim", "l-killed", {"/d": "survives"}, [s1])
+    [m] = LeaseVolumes(c1, tmp_path / "n9").fetch("l-killed", None)
+    (m.folder / "before-the-kill.txt").write_bytes(b"unsaved")
+    # The agent is gone (nothing in memory); its successor starts on the same state dir.
+    end(swarm, "l-killed")
+    LeaseVolumes(c1, tmp_path / "n9").recover()
+    assert contents(kim, "survives", tmp_path) == {"before-the-kill.txt": b"unsaved"}
+    assert not (tmp_path / "n9" / "l-killed").exists()
+
+
 def test_a_commit_past_the_volume_s_limit_is_refused_and_shown(swarm, tmp_path):
     hal = swarm.client("hal")
     hal.create_volume("small", 1000)
