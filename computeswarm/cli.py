@@ -22,6 +22,7 @@ from computeswarm.data.volumes_cli import volumes_app
 from computeswarm.errors import ComputeSwarmError
 from computeswarm.jobs.cli import jobs_app, ledger, market_app, submit, sweeps_app
 from computeswarm.jobs.templates_cli import templates_app
+from computeswarm.jobs.watch_cli import top
 from computeswarm.tunnel.cli import testbed_app, tunnel_app
 
 app = typer.Typer(
@@ -99,6 +100,7 @@ app.add_typer(volumes_app, name="volumes")
 app.command("cp")(cp)
 app.add_typer(templates_app, name="templates")
 app.command("ledger")(ledger)
+app.command("top")(top)
 app.add_typer(head_app, name="head")
 app.add_typer(invite_app, name="invite")
 app.add_typer(accounts_app, name="accounts")

@@ -28,6 +28,7 @@ from tests.integration.test_leases_loopback import (
     _until,
     loopback_swarm,
 )
+from tests.integration.tmux import Terminal
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Ray lease nodes need Linux")
 SELLERS = {"s1": "0.30", "s2": "0.35", "s3": "0.40"}
@@ -342,7 +343,22 @@ def test_a_cancelled_run_resubmitted_resumes_from_its_last_checkpoint(swarm, wor
     first = swarm.buyer.submit_job(spec, pack_working_dir(workdir, 2**22))
     _until(lambda: _state(swarm, first["id"], "running"), "running", 200)
     folder = _until(lambda: _runs(swarm, "again"), "the run folder", 200)
-    _until(lambda: _steps_done(folder) >= 14, "training past its first checkpoint", 300)
+    # The buyer watches it live in a terminal: its step climbs and its spend rises.
+    watch = [sys.executable, "-m", "computeswarm.cli", "jobs", "watch", first["id"]]
+    with Terminal([*watch, "--coordinator", swarm.url, "--api-key", swarm.buyer_key]) as term:
+        seen = term.wait_for(
+            lambda shown: _watched(shown, first["id"]) is not None or "[exited" in shown, 60
+        )
+        assert "[exited" not in seen, seen.strip()
+        step, spent = _watched(seen, first["id"])
+        _until(lambda: _steps_done(folder) >= 14, "training past its first checkpoint", 300)
+        later = term.wait_for(
+            lambda shown: (w := _watched(shown, first["id"])) and w[0] > step and w[1] > spent
+        )
+        assert "running" in later and "q quits" in later, later
+        term.press("q")
+        _until(lambda: term.exit_status() is not None, "the view to quit on q", 10)
+        assert term.exit_status() == 0, term.screen()
     assert swarm.buyer.cancel_job(first["id"])["state"] == "cancelled"
     _settled(swarm, first["id"])
     assert folder.read_text("result.json") is None
@@ -358,3 +374,13 @@ def test_a_cancelled_run_resubmitted_resumes_from_its_last_checkpoint(swarm, wor
     steps = [int(line.split()[0]) for line in folder.read_text("steps.log").splitlines()]
     assert sorted(s for s in steps if s <= resumed) == list(range(1, resumed + 1))
     assert set(steps) == set(range(1, 31))
+
+
+def _watched(screen: str, job_id: str) -> tuple[int, float] | None:
+    """(step, spent) on the job's row of `jobs watch`."""
+    for line in screen.splitlines():
+        step = re.search(r"step (\d+)/", line)
+        spent = re.search(r"(\d+\.\d{6}) of", line)
+        if job_id in line and step and spent:
+            return int(step[1]), float(spent[1])
+    return None
