@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(wireguard-tools wireguard-go nftables iproute2 iputils-ping iperf3 procps postgresql curl g++ python3-dev bubblewrap)
+APT_PACKAGES=(wireguard-tools wireguard-go nftables iproute2 iputils-ping iperf3 procps postgresql curl g++ python3-dev bubblewrap tmux prometheus)
 # The CPU build; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN="torch==2.13.0"
 
@@ -16,7 +16,15 @@ if [ "$(id -u)" = 0 ]; then
   if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing system packages: ${missing[*]}"
     apt-get update -qq
+    # Packages' daemons (postgresql, prometheus) are not started by installing them: the
+    # tests and the local swarm start their own, by PID.
+    guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+      guard=1
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [ -n "$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi
   fi
 else
   echo "setup: not root, skipping system packages (${APT_PACKAGES[*]});" \

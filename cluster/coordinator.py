@@ -37,6 +37,7 @@ from computeswarm.cluster.metrics import (
 from computeswarm.cluster.nodes import sandbox
 from computeswarm.cluster.nodes.ray_nodes import become_subreaper
 from computeswarm.cluster.objects.plane import ObjectPlane
+from computeswarm.cluster.prometheus import LeaseTargets
 from computeswarm.cluster.sellers import registry
 from computeswarm.cluster.sellers.states import SellerState
 from computeswarm.cluster.services.datasets import DatasetsService
@@ -119,9 +120,9 @@ class Coordinator:
             datasets=self.datasets,
             volumes=self.volumes,
         )
-        # Buyers' serve jobs, behind /v1/serve/<job>/v1.
-        self.gateway = StoreBackend(self.store, clock, self.scheduler.ctx.where)
+        self.gateway = StoreBackend(self.store, clock, self.scheduler.ctx.where)  # /v1/serve/
         self.gpu_seconds_sold, self.revenue = sales_counters(self.metrics)
+        self.metrics_targets = LeaseTargets(self.store, config.state_dir, hub=self)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -346,6 +347,7 @@ class Coordinator:
                 self.check_heartbeats()
                 self.objects.tend(self.active_lease_ids)
                 self.volumes.meter.tick()  # GB-hours of volumes and datasets, billed
+                self.metrics_targets.sync()  # each lease's Ray metrics, for Prometheus
             except Exception:  # keep watching; the next round retries
                 log.exception("health check failed")
 

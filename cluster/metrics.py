@@ -1,4 +1,5 @@
-"""Coordinator metrics for Prometheus: sellers by state, GPUs online, heartbeat lag, API latency.
+"""Coordinator metrics for Prometheus: sellers by state, GPUs online and leased, heartbeat lag,
+leases by state, the queue, GPU-seconds and earnings by seller, API latency.
 
 Store-derived gauges are computed at scrape time from one query, so they are never stale.
 Each coordinator has its own registry (several can run in one test process).
@@ -13,11 +14,12 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from computeswarm.cluster.leases.states import ACTIVE_LEASE_STATES
 from computeswarm.cluster.sellers.states import SellerState
 from computeswarm.cluster.store.db import Store
-from computeswarm.cluster.store.models import Seller
+from computeswarm.cluster.store.models import Job, Lease, LeaseMember, LedgerEntry, Seller
 
 
 class SellerCollector(Collector):
@@ -60,6 +62,58 @@ class SellerCollector(Collector):
             gpus.add_metric([model, simulated], count)
         lag.add_metric([], 0.0 if oldest is None else max(0.0, self.clock() - oldest))
         yield from (by_state, gpus, lag)
+        yield from self._market()
+
+    def _market(self) -> Iterator[GaugeMetricFamily]:
+        """Demand and what it bought: leases by state, GPUs leased, the queue and its
+        oldest wait, GPU-seconds and earnings by seller."""
+        leases = GaugeMetricFamily("computeswarm_leases", "Leases by state.", labels=["state"])
+        leased = GaugeMetricFamily("computeswarm_gpus_leased", "GPUs in active leases.")
+        queue = GaugeMetricFamily("computeswarm_queue_jobs", "Jobs waiting for the market.")
+        wait = GaugeMetricFamily(
+            "computeswarm_queue_oldest_wait_seconds", "How long the oldest waiting job has waited."
+        )
+        sold = GaugeMetricFamily(
+            "computeswarm_seller_gpu_seconds", "GPU-seconds metered, by seller.", labels=["seller"]
+        )
+        earned = GaugeMetricFamily(
+            "computeswarm_seller_earned_micros", "Settled earnings, by seller.", labels=["seller"]
+        )
+        active = [s.value for s in ACTIVE_LEASE_STATES]
+        with self.store.transaction() as db:
+            for state, n in db.execute(select(Lease.state, func.count()).group_by(Lease.state)):
+                leases.add_metric([state], n)
+            gpus = db.scalar(
+                select(func.coalesce(func.sum(LeaseMember.gpus), 0))
+                .join(Lease, Lease.id == LeaseMember.lease_id)
+                .where(Lease.state.in_(active), LeaseMember.state.in_(["assigned", "attached"]))
+            )
+            leased.add_metric([], gpus)
+            pending = db.execute(
+                select(func.count(), func.min(Job.created_at)).where(Job.state == "pending")
+            ).one()
+            queue.add_metric([], pending[0])
+            wait.add_metric([], 0.0 if pending[1] is None else self.clock() - pending[1])
+            seconds = db.execute(
+                select(
+                    LeaseMember.seller_id,
+                    func.sum(
+                        (LeaseMember.detached_at - LeaseMember.attached_at) * LeaseMember.gpus
+                    ),
+                )
+                .where(LeaseMember.attached_at.is_not(None), LeaseMember.detached_at.is_not(None))
+                .group_by(LeaseMember.seller_id)
+            )
+            for seller, total in seconds:
+                sold.add_metric([seller], float(total or 0))
+            paid = db.execute(
+                select(LedgerEntry.account, func.sum(LedgerEntry.amount_micros))
+                .where(LedgerEntry.account.like("seller:%"))
+                .group_by(LedgerEntry.account)
+            )
+            for account, total in paid:
+                earned.add_metric([account.split(":", 1)[1]], float(total or 0))
+        yield from (leases, leased, queue, wait, sold, earned)
 
 
 class StorageCollector(Collector):

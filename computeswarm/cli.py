@@ -61,11 +61,13 @@ def up(
     gpus: str = typer.Option("RTX4090:24GB:1", help="Each seller's (simulated) GPUs."),
     price: str = typer.Option("0.40", help="Each seller's ask per GPU-hour."),
     deposit: str = typer.Option("100", help="Funds for the local buyer."),
+    metrics: bool = typer.Option(False, "--metrics", help="Also Prometheus on the head host."),
 ) -> None:
     """Start a local swarm: coordinator + sellers (real WireGuard when root, else loopback)."""
     from computeswarm.cluster.local.swarm import up as swarm_up
 
-    swarm = swarm_up(sellers, gpus, price, deposit, say=lambda m: typer.echo(m, err=True))
+    say = lambda m: typer.echo(m, err=True)  # noqa: E731
+    swarm = swarm_up(sellers, gpus, price, deposit, say=say, metrics=metrics)
     typer.echo(
         f"coordinator: {swarm.coordinator}  (API docs: {swarm.coordinator}/docs)\n"
         f"buyer key:   {swarm.buyer_key}\n"

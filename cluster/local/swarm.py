@@ -45,6 +45,7 @@ class LocalSwarm:
     sessions: list[int] = field(default_factory=list)  # loopback mode: our processes
     sellers: list[str] = field(default_factory=list)
     head: dict = field(default_factory=dict)  # the coordinator: pid, argv, env, netns
+    prometheus: dict = field(default_factory=dict)  # with --metrics: its session and URL
 
     @staticmethod
     def record_path() -> Path:
@@ -65,8 +66,11 @@ class LocalSwarm:
         return cls(**json.loads(path.read_text())) if path.exists() else None
 
 
-def up(sellers: int, gpus: str, price: str, deposit: str, say=print) -> LocalSwarm:
-    """Start a coordinator and `sellers` simulated sellers; return how to reach them."""
+def up(
+    sellers: int, gpus: str, price: str, deposit: str, say=print, metrics: bool = False
+) -> LocalSwarm:
+    """Start a coordinator and `sellers` simulated sellers (and, with `metrics`,
+    Prometheus on the head host); return how to reach them."""
     if LocalSwarm.load() is not None:
         raise ConfigError("a local swarm is already up: `computeswarm down --local` first")
     from computeswarm.tunnel.backends import BACKENDS
@@ -90,6 +94,8 @@ def up(sellers: int, gpus: str, price: str, deposit: str, say=print) -> LocalSwa
         else:
             _up_loopback(swarm, state, names, gpus, price)
         _wait_ready(swarm, names, say)
+        if metrics:
+            _start_prometheus(swarm, state, say)
         admin = CoordinatorClient(swarm.coordinator, swarm.admin_key)
         buyer = admin.create_account("buyer", "buyer")
         admin.deposit(buyer["account_id"], deposit)
@@ -126,6 +132,8 @@ def down(say=print) -> bool:
             time.sleep(0.2)
         for session in swarm.sessions:
             stop_session(session, grace_s=2)
+    if swarm.prometheus:
+        stop_session(swarm.prometheus["pid"], grace_s=5)
     LocalSwarm.record_path().unlink(missing_ok=True)
     profile_path().unlink(missing_ok=True)
     say(f"local swarm removed ({swarm.mode})")
@@ -166,6 +174,26 @@ def _up_wireguard(
             bed.workload_namespace(name),
         ]
         _spawn(bed.host(name).netns, _in_view(join, state, name, hosts), state / f"{name}.log", {})
+
+
+def _start_prometheus(swarm: LocalSwarm, state: Path, say) -> None:
+    """On the head host, where the leases' metrics ports are reachable; served on the
+    coordinator's host at port 9090."""
+    from computeswarm.cluster.local import metrics
+
+    host_port = swarm.coordinator.split("//", 1)[1]
+    listen = f"{host_port.rsplit(':', 1)[0]}:9090"
+    process = metrics.start(
+        state / "prometheus",
+        host_port,
+        swarm.admin_key,
+        state / "head",
+        listen,
+        netns=swarm.head.get("netns"),
+    )
+    swarm.prometheus = {"pid": process.pid, "url": f"http://{listen}"}
+    swarm.save()
+    say(f"prometheus: http://{listen} (leases' Ray metrics, labelled lease/job/seller)")
 
 
 def _in_view(argv: list[str], state: Path, name: str, hosts: list[str]) -> list[str]:

@@ -328,6 +328,73 @@ def test_a_volume_keeps_what_one_job_wrote_for_the_next_on_another_seller(swarm,
     assert swarm.buyer.volume("cache")["commits"] == 2
 
 
+def test_prometheus_scrapes_the_coordinator_and_each_lease_s_ray_nodes_by_label(swarm, tmp_path):
+    """The real Prometheus binary with `configs/prometheus.yml`, the coordinator's file-SD
+    targets: while a 2-seller job runs, PromQL finds its head's and both workers' Ray
+    series under the lease's label, and the coordinator's own."""
+    import shutil
+
+    from computeswarm.cluster.local import metrics
+
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus not installed (apt-get install prometheus; setup.sh does)")
+    held = swarm.buyer.submit_job(
+        job("held", 'python -c "import time; time.sleep(90)"', "RTX4090:24GB:2", 2)
+    )
+    running = _until(lambda: _state(swarm, held["id"], "running"), "running", 150)
+    lease = running["lease"]["id"]
+    port = _free_port()
+    admin_key = swarm.admin.http.headers["Authorization"].split()[1]
+    prom = metrics.start(
+        tmp_path / "prom",
+        swarm.url.split("//")[1],
+        admin_key,
+        swarm.root / "head",
+        f"127.0.0.1:{port}",
+        scrape_s=1,
+    )
+    api = f"http://127.0.0.1:{port}/api/v1/query"
+
+    def query(promql: str) -> list[dict]:
+        try:
+            answer = httpx.get(api, params={"query": promql}, timeout=5).json()
+        except (httpx.HTTPError, ValueError):
+            return []
+        return answer.get("data", {}).get("result", [])
+
+    try:
+        up = _until(
+            lambda: len(r := query(f'up{{lease="{lease}"}} == 1')) == 3 and r,
+            "the lease's 3 nodes scraped",
+            90,
+        )
+        members = {m["seller_id"] for m in running["lease"]["members"]}
+        assert {r["metric"]["seller"] for r in up} == {"head", *members}, up
+        assert {r["metric"]["job"] for r in up} == {held["id"]}
+        ray = _until(
+            lambda: (
+                len(r := query(f'count by (seller) ({{lease="{lease}", __name__=~"ray_.+"}})')) == 3
+                and r
+            ),
+            "Ray's own series from every node",
+            90,
+        )
+        assert {r["metric"]["seller"] for r in ray} == {"head", *members}
+        targets = f"http://127.0.0.1:{port}/api/v1/targets"
+        assert _until(lambda: query('up{job="coordinator"} == 1'), "the coordinator scraped", 30), [
+            (t["labels"], t["lastError"])
+            for t in httpx.get(targets).json()["data"]["activeTargets"]
+        ]
+        # The operator's figures, from the coordinator: this lease's 2 GPUs are leased.
+        assert float(query("computeswarm_gpus_leased")[0]["value"][1]) >= 2
+        assert float(query('computeswarm_leases{state="running"}')[0]["value"][1]) >= 1
+        assert query("computeswarm_queue_jobs")
+    finally:
+        stop_session(prom.pid, grace_s=5)
+        swarm.buyer.cancel_job(held["id"])
+        _settled(swarm, held["id"])
+
+
 def test_a_closed_lease_leaves_no_temp_dir_of_its_head_or_its_workers(swarm):
     """Each lease node's Ray temp dir (its sandbox's /tmp: Ray's sessions, the lease token)
     goes with the node once the lease has settled."""
