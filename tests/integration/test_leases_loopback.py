@@ -395,6 +395,22 @@ def test_prometheus_scrapes_the_coordinator_and_each_lease_s_ray_nodes_by_label(
         _settled(swarm, held["id"])
 
 
+def test_the_sdk_submits_follows_and_waits_for_a_job(swarm, tmp_path):
+    from computeswarm.sdk import NotFound, connect
+
+    buyer = connect(swarm.url, swarm.buyer_key)
+    (tmp_path / "main.py").write_text("print('hello from the sdk', flush=True)\n")
+    spec = job("sdk", "python main.py", "RTX4090:24GB:1", 1, runtime_env={"working_dir": "."})
+    submitted = buyer.submit(spec, working_dir=tmp_path)
+    assert buyer.quote(spec).matched
+    assert "hello from the sdk" in list(submitted.logs(follow=True))
+    final = submitted.wait(timeout=120, check=True)
+    assert final.state == "succeeded" and submitted.cost == final.cost is not None
+    assert submitted.id in {j.id for j in buyer.jobs()}
+    with pytest.raises(NotFound):
+        buyer.job("j-000000000000")
+
+
 def test_a_closed_lease_leaves_no_temp_dir_of_its_head_or_its_workers(swarm):
     """Each lease node's Ray temp dir (its sandbox's /tmp: Ray's sessions, the lease token)
     goes with the node once the lease has settled."""
