@@ -60,7 +60,7 @@ class Swarm:
         return Job(self, self.client.submit_job(parsed.model_dump(mode="json"), upload)["id"])
 
     def quote(self, spec: SpecLike, explain: bool = False) -> Quote:
-        parsed, _ = load(spec, None, check=False)
+        parsed, _ = load(spec, None, upload=False)
         return Quote.model_validate(self.client.quote(parsed.model_dump(mode="json"), explain))
 
     def jobs(self) -> list[Job]:
@@ -190,17 +190,20 @@ class SweepTable:
         return self.to_pandas().to_html(index=False)
 
 
-def load(spec: SpecLike, working_dir: str | Path | None, check: bool = True):
-    """(the spec as its model, its working_dir folder or None)."""
+def load(spec: SpecLike, working_dir: str | Path | None, upload: bool = True):
+    """(the spec as its model, the working_dir folder to upload or None). A quote
+    (`upload=False`) reads no folder."""
     from computeswarm.jobs.spec import load_job_spec
 
-    if isinstance(spec, str | Path) and not isinstance(spec, dict):
+    if isinstance(spec, str | Path):
         path = Path(spec)
         if path.suffix in (".yaml", ".yml", ".json") or path.is_file():
-            return load_job_spec(path)
+            parsed, folder = load_job_spec(path)
+            return parsed, folder if upload else None
         spec = yaml.safe_load(str(spec))  # YAML text
     parsed = spec if not isinstance(spec, dict) else parse_job_spec(spec, source="spec")
+    if not upload:
+        return parsed, None
     folder = resolve_working_dir(parsed, Path(working_dir or Path.cwd()).resolve())
-    if check:
-        check_inputs(parsed, folder)
+    check_inputs(parsed, folder)
     return parsed, folder

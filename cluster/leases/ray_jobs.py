@@ -173,8 +173,9 @@ class RayJobs:
             self._live_logs[job_id] = (time.monotonic(), text)
             return text
 
-    def fetch_log(self, job_id: str, head: Head | None) -> str:
-        """The driver's log from its node now ("" when the job has no running lease)."""
+    def fetch_log(self, job_id: str, head: Head | None, stub_ok: bool = False) -> str:
+        """The driver's log from its node now ("" when the job has no running lease).
+        `stub_ok`: else the head's stub (what Ray said before the driver started)."""
         client = self.client(head) if head else None
         if client is None:
             return ""
@@ -191,7 +192,9 @@ class RayJobs:
             nodes = [first, *_node_ids(url, headers)]
         except Exception:
             return ""
-        found = ""
+        # Live, only the driver's own file, never the stub: a follower reads this text by
+        # offset, and the stub is not a prefix of the real log (a line would be cut).
+        stub = ""
         for node in dict.fromkeys(n for n in nodes if n):
             try:  # one node's busy log agent does not hide another's answer
                 response = httpx.get(
@@ -209,8 +212,8 @@ class RayJobs:
             if response.status_code == 200:
                 if DRIVER_STARTED in response.text:
                     return response.text
-                found = found or response.text
-        return found
+                stub = stub or response.text
+        return stub if stub_ok else ""
 
     def save_log(self, head: Head, job_id: str, path: Path) -> None:
         """Keep the driver's output before the lease's nodes go away. The driver's node can
@@ -224,9 +227,10 @@ class RayJobs:
             if DRIVER_STARTED in logs or not self.known(head.lease_id):
                 break
             if time.monotonic() > deadline:
-                # What a follower last saw beats the head's stub ("setting up").
+                # What a follower last saw beats the head's stub ("setting up", or why the
+                # runtime env failed), which beats nothing.
                 _, live = self._live_logs.get(job_id, (0.0, ""))
-                logs = live if DRIVER_STARTED in live else logs
+                logs = live if DRIVER_STARTED in live else self.fetch_log(job_id, head, True)
                 break
             time.sleep(1.0)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -204,7 +204,8 @@ class LeaseWorkers:
             control = sandbox.HOME if boxed else str(scratch)
             dataset_env |= {contract.VOLUMES: json.dumps(places), contract.CONTROL_DIR: control}
         log_path = lease_dir / "worker.log"
-        log_path.unlink(missing_ok=True)
+        if log_path.exists():  # a node that failed: its log kept for the operator
+            log_path.replace(lease_dir / "worker.log.1")
         if boxed:
             env = box.env(
                 {

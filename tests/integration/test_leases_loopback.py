@@ -592,6 +592,9 @@ def test_supply_that_appears_later_is_matched_in_queue_order(swarm):
         )
     # An H100 seller joins: the first job gets it, the second waits its turn, then runs.
     swarm.join("s4", "H100:80GB:1", "0.50")
+    # A new seller's first node can take a while on a loaded box (once it failed to join
+    # and was started again): its job's end, then its bill.
+    _until(lambda: _state(swarm, first["id"], "succeeded", "failed"), "the first job", 180)
     done_first = _settled(swarm, first["id"])
     done_second = _settled(swarm, second["id"])
     assert done_first["state"] == done_second["state"] == "succeeded"
