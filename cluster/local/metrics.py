@@ -38,7 +38,7 @@ def start(
     scrape_s: float = 5.0,
 ) -> subprocess.Popen:
     """Prometheus listening on `listen` (host:port), its data and log under `folder`."""
-    from computeswarm.tunnel.netns import ns_argv
+    from computeswarm.cluster.local.swarm import _spawn  # the local swarm's own launcher
 
     binary = shutil.which("prometheus")
     if binary is None:
@@ -55,11 +55,4 @@ def start(
         f"--web.listen-address={listen}",
         "--storage.tsdb.retention.time=2d",
     ]
-    with open(folder / "prometheus.log", "ab") as log:
-        return subprocess.Popen(
-            ns_argv(argv, netns),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    return _spawn(netns, argv, folder / "prometheus.log", {})
