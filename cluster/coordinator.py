@@ -137,7 +137,7 @@ class Coordinator:
         self.objects.start(self.head_ip())
         self.objects.revoke_all_but(self.active_lease_ids())  # a crash's leftover keys
         for lease_id in self.scheduler.stop_orphaned_heads():
-            log.warning("stopped the head of lease %s, left by a previous run", lease_id)
+            log.warning("stopping the head of lease %s, left by a previous run", lease_id)
         for target, name in ((self._health_loop, "health"), (self._scheduler_loop, "scheduler")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()

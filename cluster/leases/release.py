@@ -116,7 +116,7 @@ def release(ctx: Leasing, now: float) -> None:
     for head, session, job_id in releasing:
         lease_id = head.lease_id
         _guarded(lease_id, "stopping the job", ctx.ray_jobs.stop, lease_id, job_id)
-        _guarded(lease_id, "saving the log", _save_log, ctx, head, job_id)
+        _guarded(lease_id, "saving the log", save_log, ctx, head, job_id)
         _guarded(lease_id, "reading the last records", _last_records, ctx, job_id)
         _guarded(lease_id, "registering the model", _register_model, ctx, job_id)
         if ctx.objects:  # a key left by a failure here is revoked by the next sweep
@@ -131,7 +131,7 @@ def release(ctx: Leasing, now: float) -> None:
         ctx.ray_jobs.forget(lease_id)
 
 
-def _save_log(ctx: Leasing, head, job_id: str) -> None:
+def save_log(ctx: Leasing, head, job_id: str) -> None:
     path = ctx.ray_jobs.log_path(job_id)
     with ctx.store.transaction() as db:
         if not JobState(db.get(Job, job_id).state).is_terminal:

@@ -1,5 +1,6 @@
 """After a coordinator crash: the heads of leases from before are still running. Ask each
-how its job ended meanwhile, stop it, and end its lease. A job Ray saw finish keeps that
+how its job ended meanwhile and end its lease; its release keeps the driver's log and
+stops the head. A job Ray saw finish keeps that
 outcome, billed to when it finished; the rest fail (or, resumable kinds, go back to the
 queue) with the reason."""
 
@@ -24,7 +25,8 @@ ORPHAN_STOP_GRACE_S = 5.0
 
 
 def stop_orphaned_heads(ctx: Leasing) -> list[str]:
-    """The leases whose left-over head was stopped."""
+    """The leases whose left-over head is stopped: now, or (a lease that was running) by
+    the release that first keeps what its driver printed, which lives on its nodes."""
     with ctx.store.transaction() as db:
         leases = [
             (lease.id, lease.head_session, lease.head_started, lease.state)
@@ -37,13 +39,18 @@ def stop_orphaned_heads(ctx: Leasing) -> list[str]:
         ours = started is not None and process_start(session) == started
         alive = ours and bool(session_pids(session))
         active = state in (LeaseState.PROVISIONING.value, LeaseState.RUNNING.value)
-        ended = _ended_meanwhile(ctx, lease_id) if alive and active else None
-        if alive:
-            stop_head(session, lease_id, ORPHAN_STOP_GRACE_S)
-            stopped.append(lease_id)
+        releasing = active or state == LeaseState.RELEASING.value
         if active:
+            ended = _ended_meanwhile(ctx, lease_id) if alive else None
             with ctx.store.transaction() as db:
                 _end_after_restart(ctx, db, db.get(Lease, lease_id), ended)
+        if not alive:
+            with ctx.store.transaction() as db:
+                db.get(Lease, lease_id).head_session = None  # nothing to stop; never a stranger
+            continue
+        if not releasing:
+            stop_head(session, lease_id, ORPHAN_STOP_GRACE_S)
+        stopped.append(lease_id)
     return stopped
 
 

@@ -267,3 +267,39 @@ def test_a_run_through_a_lease_key_prunes_checkpoints_and_travels_without_the_ke
     info = restored.get_file_info(run.path("experiment/trial_1/checkpoint_000001"))
     assert info.type == pafs.FileType.NotFound
     plane.revoke("leaseR2")
+
+
+def test_a_run_write_made_while_the_store_restarts_waits_for_it(plane, monkeypatch):
+    """A lease outlives its coordinator's crash, the embedded store does not: a checkpoint
+    written in the gap must wait for the restarted store, not fail the run (a sweep whose
+    Tune driver failed that way was failed by the restarted coordinator)."""
+    import threading
+    import time
+
+    from computeswarm.jobs.run_store import RunStore
+
+    prefix = job_prefix("buyerA", "jobW")
+    for name, value in plane.issue("leaseW", Grant(write=(prefix,))).items():
+        monkeypatch.setenv(name, value)
+    run = RunStore(f"{BUCKET}/{prefix}run", True)
+    run.write_text("before.txt", "up")
+    os.killpg(plane.embedded.process.pid, signal.SIGKILL)
+    plane.embedded.process.wait(10)
+    outcome: list = []
+
+    def write() -> None:
+        try:
+            run.write_text("during.txt", "written in the gap")
+            outcome.append("ok")
+        except Exception as e:
+            outcome.append(e)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(8)  # pyarrow's default of 3 attempts gives up after ~1 s
+    assert not outcome, f"the write did not wait for the store: {outcome}"
+    assert plane.supervise() is True
+    writer.join(150)
+    assert outcome == ["ok"]
+    assert run.read_text("during.txt") == "written in the gap"
+    plane.revoke("leaseW")
