@@ -4,10 +4,12 @@ The testbed's hosts are network namespaces on one machine, so without this every
 would see one disk: a seller could read the coordinator's state dir, and code that only
 works because of that would pass its tests. Each host's processes start in a private
 mount namespace (`unshare --mount`) where `/tmp` and `/var/tmp` are the host's own
-folders (`<swarm>/hosts/<name>/tmp`, ...), its own state dir is in view at its usual
-path, and every other host's state dir is not. System files, the Python environment and
-our source stay shared, as on machines with the same software installed; so do home and
-its read-only build caches (DeepSpeed's prebuilt op).
+folders (`<swarm>/hosts/<name>/tmp`, ...), and so are home (`~/.computeswarm`, caches
+that hold data) and `/var/lib/computeswarm`; its own state dir is in view at its usual
+path, and every other host's state dir is not. System files, the Python environment
+(even where it lives in home, as pyenv's does) and our source stay shared, as on
+machines with the same software installed; so do read-only build caches (DeepSpeed's
+prebuilt op), bound read-only into each home.
 
 Mounts made in a private namespace leave with its last process; on the machine itself
 the backing folders are plain folders the swarm removes with its state.
@@ -20,8 +22,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-PRIVATE = ("/tmp", "/var/tmp")  # each host's own, backed by <backing>/<name of the dir>
+SCRATCH = ("/tmp", "/var/tmp")  # world-writable, sticky
+SERVICE = "/var/lib/computeswarm"
 SOURCE = Path(__file__).resolve().parents[2]  # the checkout (and its .venv)
+
+
+def private_folders() -> tuple[str, ...]:
+    """Each host's own, backed by <backing>/<name of the folder>."""
+    home = str(Path.home().resolve())
+    nested = home == "/" or any(_under(Path(home), f) for f in (*SCRATCH, SERVICE))
+    return (*SCRATCH, SERVICE, *(() if nested else (home,)))
+
+
+def read_only_caches() -> list[Path]:
+    """Build caches every machine with our setup has the same of, read-only (a lease
+    copies what it loads: `sandbox.copy_build_cache`)."""
+    return [Path.home() / ".cache" / "torch_extensions"]
 
 
 def shared_paths() -> list[Path]:
@@ -39,23 +55,28 @@ def view_argv(
     """`argv` started in its host's own view: `backing` holds the host's private
     folders, `own` is its state dir, `others` are the other hosts' state dirs."""
     keep = [p.resolve() for p in (own, *shared_paths())]
+    caches = [p.resolve() for p in read_only_caches() if p.is_dir()]
     backing = backing.resolve()
+    private = private_folders()
     lines, swaps = ["set -e"], []
-    for folder in PRIVATE:
+    for folder in private:
         under = backing / folder.strip("/").replace("/", "-")
-        lines.append(f"mkdir -p {shlex.quote(str(under))} && chmod 1777 {shlex.quote(str(under))}")
-        for path in keep:
+        mode = "1777" if folder in SCRATCH else "0755" if folder == SERVICE else "0700"
+        q = shlex.quote(str(under))
+        lines.append(f"mkdir -p {q} {shlex.quote(folder)} && chmod {mode} {q}")
+        for path in [*keep, *caches]:
             if _under(path, folder) and path.exists():
                 # Bound into the host's folder first: `--rbind` below carries it along.
-                inside = under / path.relative_to(folder)
-                lines.append(f"mkdir -p {shlex.quote(str(inside))}")
-                lines.append(f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(inside))}")
-        swaps.append((_under(backing, folder), f"mount --rbind {shlex.quote(str(under))} {folder}"))
+                inside = shlex.quote(str(under / path.relative_to(folder)))
+                lines.append(f"mkdir -p {inside} && mount --bind {shlex.quote(str(path))} {inside}")
+                if path in caches:
+                    lines.append(f"mount -o remount,bind,ro {inside}")
+        swaps.append((_under(backing, folder), f"mount --rbind {q} {folder}"))
     # The folder that holds `backing` is swapped last: the other swaps' sources lie in it.
     lines += [line for _, line in sorted(swaps, key=lambda s: s[0])]
     for other in others:
         other = other.resolve()
-        if not any(_under(other, f) for f in PRIVATE):  # else already out of view
+        if not any(_under(other, f) for f in private):  # else already out of view
             lines.append(
                 f"if [ -d {shlex.quote(str(other))} ]; then "
                 f"mount -t tmpfs -o ro,mode=000,size=4k cs-elsewhere {shlex.quote(str(other))}; fi"

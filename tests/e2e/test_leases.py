@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,9 +69,9 @@ def inode(ns: str) -> str:
 
 
 def test_each_testbed_host_has_a_disk_of_its_own(swarm):
-    """Sellers are other machines: what one host writes in its state dir, /tmp or /var/tmp
-    is absent on every other host, and the coordinator's state dir (its database, keys,
-    the store's volume) is not in a seller's view at all."""
+    """Sellers are other machines: what one host writes in its state dir, /tmp, /var/tmp,
+    /var/lib/computeswarm or home is absent on every other host, and the coordinator's
+    state dir (its database, keys, the store's volume) is not in a seller's view at all."""
     state = Path(swarm.state_dir)
     hosts = {"head": "hub", "s1": "s1", "s2": "s2", "s3": "s3"}  # state dir -> host
 
@@ -79,12 +80,23 @@ def test_each_testbed_host_has_a_disk_of_its_own(swarm):
         argv = ["nsenter", "-t", pid, "-m", "--", "sh", "-c", script]
         return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
+    home = Path.home() / ".computeswarm"
+
     def probes(name: str) -> list[str]:
-        return [f"{state / name}/probe-{name}", f"/tmp/probe-{name}", f"/var/tmp/probe-{name}"]
+        return [
+            f"{state / name}/probe-{name}",
+            f"/tmp/probe-{name}",
+            f"/var/tmp/probe-{name}",
+            f"/var/lib/computeswarm/probe-{name}",
+            f"{home}/probe-{name}",  # the CLI's profile, caches that hold data
+        ]
 
     try:
         for name, host in hosts.items():
-            wrote = inside(host, " && ".join(f"echo {name} > {p}" for p in probes(name)))
+            script = " && ".join(
+                f"mkdir -p {Path(p).parent} && echo {name} > {p}" for p in probes(name)
+            )
+            wrote = inside(host, script)
             assert wrote.returncode == 0, wrote.stderr
         for name, host in hosts.items():
             for other in hosts:
@@ -94,6 +106,13 @@ def test_each_testbed_host_has_a_disk_of_its_own(swarm):
             # The operator's view of the machine: each state dir is the host's own folder.
             assert (state / name / f"probe-{name}").read_text().strip() == name
             assert not Path(f"/tmp/probe-{name}").exists()
+            assert not (home / f"probe-{name}").exists()
+            # The Python environment is shared even where it lives in home (pyenv's).
+            assert inside(host, f"{sys.executable} -c 'import ray'").returncode == 0
+            cache = Path.home() / ".cache" / "torch_extensions"
+            if cache.is_dir():  # DeepSpeed's prebuilt op: there, and read-only
+                tried = inside(host, f"test -d {cache} && touch {cache}/planted")
+                assert tried.returncode != 0 and "Read-only" in tried.stderr, tried
         for host in ("s1", "s2", "s3"):
             assert inside(host, f"test -e {state / 'head' / 'admin.key'}").returncode != 0
         assert inside("hub", f"test -e {state / 'head' / 'admin.key'}").returncode == 0
