@@ -5,8 +5,9 @@ the files it already has whole."""
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,27 @@ class Progress:
             self._on(n)
 
 
+def send_missing(
+    sizes: Mapping[str, int],
+    ask: Callable[[list[tuple[str, int]]], list[str]],
+    put: Callable[[str], None],
+    *,
+    streams: int = STREAMS,
+    on_total: Callable[[int], None] | None = None,
+) -> list[str]:
+    """The chunks (sha256 -> size) the other side lacks, asked in batches, then `put` in
+    `streams` parallel streams; returns those sent. What one push, pull or commit does."""
+    shas = list(sizes)
+    missing: list[str] = []
+    for start in range(0, len(shas), ASK_BATCH):
+        missing += ask([(sha, sizes[sha]) for sha in shas[start : start + ASK_BATCH]])
+    if on_total:
+        on_total(sum(sizes[sha] for sha in missing))
+    with ThreadPoolExecutor(streams, thread_name_prefix="send") as pool:
+        list(pool.map(put, missing))  # (re-raises the first failure)
+    return missing
+
+
 def push(
     client,
     folder: Path,
@@ -55,21 +77,14 @@ def push(
     found = scan(folder, chunker)
     chunks = list(found.manifest.chunks())
     sizes = {c.sha256: c.size for c in chunks}
-    missing: list[str] = []
-    for start in range(0, len(chunks), ASK_BATCH):
-        batch = [(c.sha256, c.size) for c in chunks[start : start + ASK_BATCH]]
-        missing += client.missing_chunks(name, batch)
-    to_send = sum(sizes[sha] for sha in missing)
-    if on_total:
-        on_total(to_send)
     sent = Progress(progress)
 
-    def send(sha: str) -> None:
+    def put(sha: str) -> None:
         client.put_chunk(name, sha, found.pieces[sha].read())
         sent(sizes[sha])
 
-    with ThreadPoolExecutor(streams, thread_name_prefix="push") as pool:
-        list(pool.map(send, missing))  # (re-raises the first failure)
+    ask = functools.partial(client.missing_chunks, name)
+    missing = send_missing(sizes, ask, put, streams=streams, on_total=on_total)
     version = client.commit_dataset(name, found.manifest.model_dump(mode="json"))
     return Pushed(version, len(chunks), len(missing), sent.done, found.manifest.size)
 

@@ -4,14 +4,14 @@ and a volume's files (or those under a path) written to a local folder."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from computeswarm.data.assemble import Fetched, materialize
 from computeswarm.data.chunking import scan
 from computeswarm.data.manifest import FileEntry, Manifest
-from computeswarm.data.transfer import ASK_BATCH, STREAMS, Progress
+from computeswarm.data.transfer import STREAMS, Progress, send_missing
 
 
 def push_into(
@@ -37,22 +37,14 @@ def push_into(
         )
     theirs = Manifest(files=tuple(files[p] for p in sorted(files)))
     sizes = {c.sha256: c.size for c in found.manifest.chunks()}
-    missing: list[str] = []
-    shas = list(sizes)
-    for start in range(0, len(shas), ASK_BATCH):
-        missing += client.volume_missing(
-            name, [(s, sizes[s]) for s in shas[start : start + ASK_BATCH]]
-        )
-    if on_total:
-        on_total(sum(sizes[s] for s in missing))
     sent = Progress(progress)
 
-    def send(sha: str) -> None:
+    def put(sha: str) -> None:
         client.volume_put_chunk(name, sha, found.pieces[sha].read())
         sent(sizes[sha])
 
-    with ThreadPoolExecutor(streams, thread_name_prefix="push") as pool:
-        list(pool.map(send, missing))
+    ask = functools.partial(client.volume_missing, name)
+    send_missing(sizes, ask, put, streams=streams, on_total=on_total)
     return client.commit_volume(name, base, theirs.model_dump(mode="json")), sent.done
 
 

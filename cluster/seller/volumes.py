@@ -11,12 +11,12 @@ folder is the job's to write: it is read as an untrusted tree (`data/untrusted.p
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +25,13 @@ from computeswarm.cluster.errors import NotFound
 from computeswarm.data.assemble import materialize
 from computeswarm.data.chunking import Piece
 from computeswarm.data.manifest import Manifest
+from computeswarm.data.transfer import send_missing
 from computeswarm.data.untrusted import scan_and_send
 from computeswarm.jobs import contract
 
 log = logging.getLogger("computeswarm.agent")
 COMMIT_EVERY_S = 60.0
 MOUNTS_FILE = "mounts.json"  # per lease folder: its volumes, for a restarted agent
-ASK_BATCH = 5_000
 STREAMS = 4
 
 
@@ -148,20 +148,13 @@ class LeaseVolumes:
 
     def _commit_one(self, lease_id: str, m: Mounted) -> dict:
         def send(pieces: dict[str, Piece]) -> None:
-            shas = list(pieces)
-            missing: list[str] = []
-            for start in range(0, len(shas), ASK_BATCH):
-                batch = [(s, pieces[s].size) for s in shas[start : start + ASK_BATCH]]
-                missing += self.client.lease_volume_missing(lease_id, m.name, batch)
-            with ThreadPoolExecutor(STREAMS, thread_name_prefix="commit") as pool:
-                list(
-                    pool.map(
-                        lambda s: self.client.lease_volume_put_chunk(
-                            lease_id, m.name, s, pieces[s].read()
-                        ),
-                        missing,
-                    )
-                )
+            send_missing(
+                {sha: piece.size for sha, piece in pieces.items()},
+                functools.partial(self.client.lease_volume_missing, lease_id, m.name),
+                lambda sha: self.client.lease_volume_put_chunk(
+                    lease_id, m.name, sha, pieces[sha].read()
+                ),
+            )
 
         walked = scan_and_send(m.folder, send)
         if walked.skipped:
