@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(wireguard-tools wireguard-go nftables iproute2 iputils-ping iperf3 procps postgresql curl g++ python3-dev bubblewrap tmux prometheus)
+APT_PACKAGES=(wireguard-tools wireguard-go nftables iproute2 iputils-ping iperf3 procps postgresql curl g++ python3-dev bubblewrap tmux prometheus chromium chromium-driver)
 # The CPU build; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN="torch==2.13.0"
 

@@ -134,6 +134,10 @@ class CoordinatorClient:
     def cancel_job(self, job_id: str) -> dict:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
 
+    def dashboard_link(self, job_id: str) -> str:
+        """A one-use URL (good for a minute) of the job's lease's Ray dashboard."""
+        return self.url + self._call("POST", f"/v1/jobs/{job_id}/dashboard")["path"]
+
     def quote(self, spec: dict, explain: bool = False) -> dict:
         return self._call("POST", "/v1/market/quote", json={"spec": spec, "explain": explain})
 

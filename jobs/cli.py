@@ -251,6 +251,23 @@ def jobs_cancel(
     typer.echo(f"{job.id}: {job.state}")
 
 
+@jobs_app.command("dashboard")
+def jobs_dashboard(
+    job_id: str,
+    open_it: bool = typer.Option(False, "--open", help="open it in your browser"),
+    coordinator: str | None = COORDINATOR,
+    api_key: str | None = API_KEY,
+) -> None:
+    """A link to the Ray dashboard of the job's lease, through the coordinator (one use,
+    within a minute; the browser then holds an hour's session)."""
+    url = _client(coordinator, api_key).dashboard_link(job_id)
+    typer.echo(url)
+    if open_it:
+        import webbrowser
+
+        webbrowser.open(url)
+
+
 @market_app.command("quote")
 def market_quote(
     spec_file: Path | None = SPEC_FILE,

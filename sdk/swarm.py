@@ -126,6 +126,10 @@ class Job:
     def cancel(self) -> JobView:
         return JobView.model_validate(self.swarm.client.cancel_job(self.id))
 
+    def dashboard(self) -> str:
+        """A one-use link (a minute) to the Ray dashboard of the job's running lease."""
+        return self.swarm.client.dashboard_link(self.id)
+
     def openai(self):
         """An `openai.OpenAI` client for a serve job, through the coordinator's gateway."""
         try:

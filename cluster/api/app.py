@@ -29,8 +29,11 @@ from computeswarm.cluster.api.routes import (
     sellers,
     volumes,
 )
+from computeswarm.cluster.api.routes.dashboards import dashboard_router
 from computeswarm.cluster.api.routes.gateway import gateway_router
 from computeswarm.cluster.coordinator import Coordinator
+from computeswarm.cluster.dashboards.service import DashboardService
+from computeswarm.cluster.dashboards.sessions import DashboardSessions
 from computeswarm.cluster.errors import ApiError, RateLimited
 from computeswarm.cluster.gateway.core import MAX_BODY_BYTES as GATEWAY_MAX_BODY_BYTES
 from computeswarm.cluster.services.datasets import MAX_MANIFEST_BYTES
@@ -55,6 +58,9 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     app = api_app(deps.ApiServices.of(coordinator))
     # The inference gateway: /v1/serve/{job_id}/v1/...
     app.include_router(gateway_router(coordinator.gateway, deps.caller))
+    # Leases' Ray dashboards: /dashboards/{lease_id}/...
+    service = DashboardService(coordinator.store, DashboardSessions(), coordinator.head_ip)
+    app.include_router(dashboard_router(service, deps.caller))
     app.add_middleware(AccessLog, latency=coordinator.latency)
     app.add_middleware(
         BodyLimit,

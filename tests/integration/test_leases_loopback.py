@@ -10,6 +10,8 @@ import base64
 import io
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -393,6 +395,128 @@ def test_prometheus_scrapes_the_coordinator_and_each_lease_s_ray_nodes_by_label(
         stop_session(prom.pid, grace_s=5)
         swarm.buyer.cancel_job(held["id"])
         _settled(swarm, held["id"])
+
+
+@pytest.mark.browser
+def test_the_lease_s_ray_dashboard_opens_through_the_coordinator_in_chromium(swarm):
+    """`jobs dashboard`'s link in real headless Chromium: the Cluster page lists the
+    lease's nodes, the Jobs page its job, the driver's log streams, and the page never
+    holds the lease's token; a stranger, a spent link and a closed lease get 404."""
+    from tests.integration.browser import chromium, fetch_json, shoot, until_text
+
+    page = chromium()
+    ticking = "import time\nfor i in range(600): print(f'tick {i}', flush=True); time.sleep(0.5)"
+    held = swarm.buyer.submit_job(
+        job("dash", f"python -c {shlex.quote(ticking)}", "RTX4090:24GB:2", 2)
+    )
+    try:
+        running = _until(lambda: _state(swarm, held["id"], "running"), "running", 150)
+        lease = running["lease"]
+        submission = f"{held['id']}-{lease['id']}"
+        done = subprocess.run(
+            [
+                *CS,
+                "jobs",
+                "dashboard",
+                held["id"],
+                "--coordinator",
+                swarm.url,
+                "--api-key",
+                swarm.buyer_key,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        link = done.stdout.strip()
+        home = f"{swarm.url}/dashboards/{lease['id']}/"
+        assert link.startswith(f"{home}?ticket=")
+        page.get(link)
+        assert page.current_url.split("#")[0] == home, "the ticket stays out of the address bar"
+        until_text(page, lambda t: "Cluster" in t and "Jobs" in t, "Ray's Overview page")
+        assert httpx.get(link, timeout=10).status_code == 404, "a spent link opens nothing"
+        assert httpx.get(home, timeout=10).status_code == 404, "no session, no dashboard"
+
+        # Cluster: the head and both sellers' nodes, each by its address.
+        nodes = _until(
+            lambda: (
+                len(
+                    r := fetch_json(page, "api/v0/nodes?detail=true&limit=100")
+                    .get("data", {})
+                    .get("result", {})
+                    .get("result", [])
+                )
+                >= 3
+                and r
+            ),
+            "the lease's 3 nodes in Ray's API",
+            60,
+        )
+        sellers = {(n.get("labels") or {}).get("cs-seller") for n in nodes}
+        assert {m["seller_id"] for m in lease["members"]} <= sellers, nodes
+        page.get(home + "#/cluster")
+        until_text(page, lambda t: all(n["node_ip"] in t for n in nodes), "every node's address")
+        shoot(page, "dashboard-cluster")
+        page.get(home + "#/jobs")
+        until_text(page, lambda t: submission in t, "the job on the Jobs page")
+        shoot(page, "dashboard-jobs")
+        driver = fetch_json(page, f"api/jobs/{submission}")["driver_node_id"]
+        assert driver in {n["node_id"] for n in nodes}
+        log_file = f"job-driver-{submission}.log"
+        page.get(home + f"#/logs/?nodeId={driver}&fileName={log_file}")
+        until_text(page, lambda t: log_file in t, "the driver's log file on its node")
+        page.find_element("link text", log_file).click()
+        first = until_text(page, lambda t: "tick " in t, "the driver's log")
+        seen = max(int(w) for w in re.findall(r"tick (\d+)", first))
+        time.sleep(3)
+        page.execute_script(
+            "[...document.querySelectorAll('button')]"
+            ".find(b => b.textContent.trim().toLowerCase() === 'refresh').click()"
+        )
+        until_text(page, lambda t: f"tick {seen + 4}" in t, "the log going on", 30)
+        # And followed: Ray's log stream, chunk by chunk as the driver prints, through
+        # the proxy's streamed response (the browser reads the body as it arrives).
+        streamed = page.execute_async_script(
+            "const done = arguments[arguments.length - 1], got = [], t0 = Date.now();"
+            "fetch(arguments[0]).then(async r => {"
+            "  const reader = r.body.getReader(), text = new TextDecoder();"
+            "  setTimeout(() => reader.cancel(), 5000);"
+            "  try { for (;;) { const {value, done: end} = await reader.read(); if (end) break;"
+            "    got.push([Date.now() - t0, text.decode(value)]); } } catch (e) {}"
+            "  done({status: r.status, got});"
+            "}, e => done({error: String(e)}));",
+            f"api/v0/logs/stream?node_id={driver}&filename={log_file}&lines=1",
+        )
+        ticks = [
+            (ms, w) for ms, chunk in streamed.get("got", []) for w in re.findall(r"tick \d+", chunk)
+        ]
+        assert len(ticks) >= 4 and ticks[-1][0] - ticks[0][0] > 1000, streamed
+        shoot(page, "dashboard-log")
+        assert swarm_token(swarm, lease["id"]) not in page.page_source
+
+        # Another buyer's key finds no such job (and without a session, no dashboard: above).
+        other = swarm.admin.create_account("dash-stranger", "buyer")
+        stranger = CoordinatorClient(swarm.url, other["api_key"])
+        with pytest.raises(ApiError) as refused:
+            stranger.dashboard_link(held["id"])
+        assert refused.value.status == 404
+        swarm.buyer.cancel_job(held["id"])
+        _settled(swarm, held["id"])
+        page.refresh()
+        assert "no such dashboard" in page.page_source, "a closed lease's dashboard is gone"
+    finally:
+        page.quit()  # the browser and its driver, by their own PIDs
+        if swarm.buyer.job(held["id"])["state"] == "running":
+            swarm.buyer.cancel_job(held["id"])
+        _settled(swarm, held["id"])
+
+
+def swarm_token(swarm, lease_id: str) -> str:
+    import sqlite3
+
+    with sqlite3.connect(swarm.root / "head" / "coordinator.db") as db:
+        return db.execute("SELECT token FROM leases WHERE id = ?", (lease_id,)).fetchone()[0]
 
 
 def test_the_sdk_submits_follows_and_waits_for_a_job(swarm, tmp_path):

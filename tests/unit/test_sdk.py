@@ -48,6 +48,10 @@ class FakeCoordinator:
             )
         if path == "/v1/jobs/j-1/cancel":
             return httpx.Response(200, json=self.view() | {"state": "cancelled"})
+        if request.method == "POST" and path == "/v1/jobs/j-1/dashboard":
+            return httpx.Response(
+                200, json={"lease_id": "l-1", "path": "/dashboards/l-1/?ticket=t"}
+            )
         if path == "/v1/market/quote":
             return httpx.Response(200, json={"matched": True, "price_per_hour": "0.440000"})
         if path == "/v1/sweeps/j-1":
@@ -121,6 +125,7 @@ def test_errors_are_typed_and_carry_the_server_s_message():
     with pytest.raises(NotFound, match="no such thing /v1/jobs/j-404"):
         swarm.job("j-404")
     assert swarm.submit(SPEC).cancel().state == "cancelled"
+    assert swarm.job("j-1").dashboard() == "http://coordinator/dashboards/l-1/?ticket=t"
     with pytest.raises(Exception, match="not serve"):
         swarm.submit(SPEC).openai()
 

@@ -1,0 +1,1 @@
+"""Each lease's Ray dashboard, served through the coordinator to the lease's owner."""
