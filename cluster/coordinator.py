@@ -29,10 +29,10 @@ from computeswarm.cluster.leases.ray_jobs import RayJobs
 from computeswarm.cluster.leases.scheduler import LeaseScheduler
 from computeswarm.cluster.leases.states import ACTIVE_LEASE_STATES, ACTIVE_MEMBER_STATES, values
 from computeswarm.cluster.metrics import (
+    MarketMeters,
     SellerCollector,
     StorageCollector,
     api_latency,
-    sales_counters,
 )
 from computeswarm.cluster.nodes import sandbox
 from computeswarm.cluster.nodes.ray_nodes import become_subreaper
@@ -91,6 +91,7 @@ class Coordinator:
         self._threads: list[threading.Thread] = []
         self.objects = ObjectPlane(config.storage, config.state_dir / "objects")
         self.metrics.register(StorageCollector(self.objects.bytes_by_account))
+        meters = MarketMeters(self.metrics)
         self.scheduler = LeaseScheduler(
             Leasing(
                 self.store,
@@ -100,7 +101,8 @@ class Coordinator:
                 self.head_ip,
                 Heads(config.state_dir, self.head_ip, config.market.ray_system_config),
                 RayJobs(self.head_ip, config.state_dir / "jobs"),
-                on_sale=self.record_sale,
+                on_sale=meters.record_sale,
+                on_match=meters.record_match,
                 objects=self.objects,
             ),
             sync_fence=self.sync_fence,
@@ -121,7 +123,6 @@ class Coordinator:
             volumes=self.volumes,
         )
         self.gateway = StoreBackend(self.store, clock, self.scheduler.ctx.where)  # /v1/serve/
-        self.gpu_seconds_sold, self.revenue = sales_counters(self.metrics)
         self.metrics_targets = LeaseTargets(self.store, config.state_dir, hub=self)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -376,12 +377,6 @@ class Coordinator:
 
     def wake_scheduler(self) -> None:
         self._wake.set()
-
-    def record_sale(self, usages) -> None:
-        for usage in usages:
-            self.gpu_seconds_sold.inc(usage.gpus * usage.seconds)
-            self.revenue.labels("sellers").inc(usage.seller_micros)
-            self.revenue.labels("platform").inc(usage.fee_micros)
 
     def _scheduler_loop(self) -> None:
         while not self._stop.is_set():

@@ -1,5 +1,6 @@
 """Coordinator metrics for Prometheus: sellers by state, GPUs online and leased, heartbeat lag,
-leases by state, the queue, GPU-seconds and earnings by seller, API latency.
+leases by state, the queue and how long matched jobs waited, GPU-seconds and earnings by
+seller, API latency.
 
 Store-derived gauges are computed at scrape time from one query, so they are never stale.
 Each coordinator has its own registry (several can run in one test process).
@@ -150,15 +151,32 @@ def api_latency(registry: CollectorRegistry) -> Histogram:
     )
 
 
-def sales_counters(registry: CollectorRegistry) -> tuple[Counter, Counter]:
-    """GPU-seconds sold, and money settled by recipient (`sellers`, `platform`, `storage`)."""
-    sold = Counter(
-        "computeswarm_gpu_seconds_sold", "Metered GPU-seconds settled.", registry=registry
-    )
-    revenue = Counter(
-        "computeswarm_revenue_micros",
-        "Money settled from buyers, by recipient.",
-        ["to"],
-        registry=registry,
-    )
-    return sold, revenue
+class MarketMeters:
+    """What the scheduler counts as it goes: GPU-seconds sold, money settled by recipient
+    (`sellers`, `platform`), and how long matched jobs queued."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.sold = Counter(
+            "computeswarm_gpu_seconds_sold", "Metered GPU-seconds settled.", registry=registry
+        )
+        self.revenue = Counter(
+            "computeswarm_revenue_micros",
+            "Money settled from buyers, by recipient.",
+            ["to"],
+            registry=registry,
+        )
+        self.match_wait = Histogram(
+            "computeswarm_match_wait_seconds",
+            "Seconds from a job joining the queue (submit or requeue) to its lease's match.",
+            registry=registry,
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+        )
+
+    def record_sale(self, usages) -> None:
+        for usage in usages:
+            self.sold.inc(usage.gpus * usage.seconds)
+            self.revenue.labels("sellers").inc(usage.seller_micros)
+            self.revenue.labels("platform").inc(usage.fee_micros)
+
+    def record_match(self, wait_s: float) -> None:
+        self.match_wait.observe(wait_s)

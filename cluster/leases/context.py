@@ -30,6 +30,7 @@ class Leasing:
     heads: Heads
     ray_jobs: RayJobs
     on_sale: Callable[[list[Usage]], None]  # metrics of settled GPU time
+    on_match: Callable[[float], None] = lambda _wait_s: None  # metrics: how long it queued
     loopback: bool = False  # the `none` backend: no real overlay addresses
     objects: ObjectPlane | None = None  # the object store; each lease gets a key of its own
 

@@ -73,7 +73,14 @@ def match_pending(ctx: Leasing, now: float) -> None:
                 continue
             if opening is not None:
                 used_ports = [*used_ports, opening.port]
+                ctx.on_match(now - _waiting_since(db, job))
                 open_lease(db, opening, now)
+
+
+def _waiting_since(db, job: Job) -> float:
+    """When the job joined the queue: its submit, or (requeued) its last lease's end."""
+    earlier = db.get(Lease, job.lease_id) if job.lease_id else None
+    return (earlier.ended_at if earlier else None) or job.created_at
 
 
 def _match_one(ctx: Leasing, db, job: Job, book: OrderBook, used_ports, now: float):

@@ -391,6 +391,7 @@ def test_prometheus_scrapes_the_coordinator_and_each_lease_s_ray_nodes_by_label(
         assert float(query("computeswarm_gpus_leased")[0]["value"][1]) >= 2
         assert float(query('computeswarm_leases{state="running"}')[0]["value"][1]) >= 1
         assert query("computeswarm_queue_jobs")
+        assert float(query("computeswarm_match_wait_seconds_count")[0]["value"][1]) >= 1
     finally:
         stop_session(prom.pid, grace_s=5)
         swarm.buyer.cancel_job(held["id"])

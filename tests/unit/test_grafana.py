@@ -21,7 +21,7 @@ def test_every_dashboard_is_grafana_json():
 def test_the_market_dashboard_uses_the_coordinator_s_metric_names(tmp_path):
     from prometheus_client import CollectorRegistry
 
-    from computeswarm.cluster.metrics import SellerCollector, api_latency, sales_counters
+    from computeswarm.cluster.metrics import MarketMeters, SellerCollector, api_latency
     from computeswarm.cluster.store.db import Store
 
     store = Store(f"sqlite:///{tmp_path}/c.db")
@@ -29,7 +29,7 @@ def test_the_market_dashboard_uses_the_coordinator_s_metric_names(tmp_path):
     registry = CollectorRegistry()
     registry.register(SellerCollector(store))
     api_latency(registry)
-    sales_counters(registry)
+    MarketMeters(registry)
     exported = set(re.findall(r"^# TYPE (\w+)", generate_latest(registry).decode(), re.M))
     exported |= {f"{name}_total" for name in exported} | {f"{n}_bucket" for n in exported}
     exported |= {"computeswarm_storage_bytes"}  # the store's collector (needs a live store)
