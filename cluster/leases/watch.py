@@ -91,18 +91,22 @@ def _watch_one(ctx: Leasing, head, job_id: str, now: float) -> None:
 
 
 def _lose_vanished_members(db, now: float) -> None:
-    """Members whose seller went offline are lost: metering stops at the last sign."""
+    """Members whose seller went offline are lost: metering stops at the last sign, or
+    when the lease ended if that was first (after a coordinator restart, every seller's
+    last heartbeat is old, yet a job that ended meanwhile is billed to its end only)."""
     rows = db.execute(
-        select(LeaseMember, Seller)
+        select(LeaseMember, Seller, Lease)
         .join(Seller, Seller.id == LeaseMember.seller_id)
+        .join(Lease, Lease.id == LeaseMember.lease_id)
         .where(
             LeaseMember.state.in_(values(ACTIVE_MEMBER_STATES)),
             Seller.state == SellerState.OFFLINE.value,
         )
     ).all()
-    for member, seller in rows:
+    for member, seller, lease in rows:
         member.state = MemberState.LOST.value
-        member.detached_at = max(member.attached_at or now, min(now, seller.last_heartbeat or now))
+        last_sign = min(now, seller.last_heartbeat or now, lease.ended_at or now)
+        member.detached_at = max(member.attached_at or now, last_sign)
         seller.leases_lost += 1
         log.warning("lease %s lost seller %s", member.lease_id, seller.id)
 

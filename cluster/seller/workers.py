@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import shutil
 import subprocess
 import threading
@@ -165,7 +166,7 @@ class LeaseWorkers:
     def _launch(self, a: dict, views: dict[str, Path], mounts: list[Mounted]) -> None:
         lease_dir = self.state_dir / "leases" / a["lease_id"]
         lease_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        scratch = _temp_dir(a["lease_id"], a["port_base"])
+        scratch = _temp_dir(a["lease_id"], a["port_base"])  # this start's own
         files = a.get("files") or {}
         uid = int(a.get("uid") or sandbox.lease_uid(a["port_base"]))
         box = sandbox.Sandbox(
@@ -225,7 +226,7 @@ class LeaseWorkers:
             self.volumes.watch(a["lease_id"], scratch)
         self.nodes[a["lease_id"]] = (process, log_path)
         self.views[a["lease_id"]] = views
-        self._temp_dirs[a["lease_id"]] = _temp_dir(a["lease_id"], a["port_base"])
+        self._temp_dirs[a["lease_id"]] = scratch
         self._save()
         log.info(
             "lease %s: worker node starting (%d GPU%s, head %s)",
@@ -261,7 +262,11 @@ class LeaseWorkers:
 
 
 def _temp_dir(lease_id: str, port_base: int) -> Path:
-    return Path(f"/tmp/cs-ray/{lease_id}-{port_base}")
+    """A fresh scratch per node start. A node that failed is restarted at once, while its
+    stopper still runs: had both the same folder, the stopper's rmtree would delete the new
+    node's token, and the mount points bwrap made in it, which detaches those binds in the
+    running sandbox (its venv vanished: "can't open file .venv/bin/ray", seen in CI)."""
+    return Path(f"/tmp/cs-ray/{lease_id}-{port_base}-{secrets.token_hex(3)}")
 
 
 def _stop_node(session: int, temp_dir: Path | None, then=None) -> None:
