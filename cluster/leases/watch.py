@@ -92,8 +92,10 @@ def _watch_one(ctx: Leasing, head, job_id: str, now: float) -> None:
 
 def _lose_vanished_members(db, now: float) -> None:
     """Members whose seller went offline are lost: metering stops at the last sign, or
-    when the lease ended if that was first (after a coordinator restart, every seller's
-    last heartbeat is old, yet a job that ended meanwhile is billed to its end only)."""
+    when the lease ended if that was first. Not in a releasing lease: it is over, and its
+    release settles its members once it kept the driver's log from their nodes (after a
+    coordinator restart every seller's last heartbeat is old; a lost member's seller would
+    stop its node at its next heartbeat, and the log with it)."""
     rows = db.execute(
         select(LeaseMember, Seller, Lease)
         .join(Seller, Seller.id == LeaseMember.seller_id)
@@ -101,6 +103,7 @@ def _lose_vanished_members(db, now: float) -> None:
         .where(
             LeaseMember.state.in_(values(ACTIVE_MEMBER_STATES)),
             Seller.state == SellerState.OFFLINE.value,
+            Lease.state != LeaseState.RELEASING.value,
         )
     ).all()
     for member, seller, lease in rows:
