@@ -1,8 +1,7 @@
 """After a coordinator crash: the heads of leases from before are still running. Ask each
 how its job ended meanwhile and end its lease; its release keeps the driver's log and
-stops the head. A job Ray saw finish keeps that
-outcome, billed to when it finished; the rest fail (or, resumable kinds, go back to the
-queue) with the reason."""
+stops the head. A job Ray saw finish keeps that outcome, billed to when it finished; the
+rest fail (or, resumable kinds, go back to the queue) with the reason."""
 
 from __future__ import annotations
 
