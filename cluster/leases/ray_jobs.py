@@ -7,6 +7,7 @@ forgotten when the lease is released.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -21,6 +22,10 @@ from computeswarm.cluster.nodes.ray_nodes import PortBlock
 log = logging.getLogger("computeswarm.ray_jobs")
 LIVE_LOG_TTL_S = 1.0
 LOG_WAIT_S = 15.0  # the driver node's log agent can be slow on a busy host; release waits
+# After a coordinator (re)start the hub's tunnels take a while to come back (a seller's
+# keepalive re-handshakes; measured up to ~25 s on a loaded CI box): a lease released then,
+# whose driver's node is behind one, waits for its log until a minute after the start.
+RESTART_LOG_WAIT_S = 60.0
 DRIVER_STARTED = "Running entrypoint"  # written by Ray on the driver node, not the head's stub
 # Ray's word for a job whose supervisor (on the driver's node) died with the node: the
 # job did not fail, its seller did, and Ray can say so before the heartbeats do.
@@ -58,6 +63,8 @@ class RayJobs:
         self._live_logs: dict[str, tuple[float, str]] = {}  # job -> (fetched at, text)
         self._log_locks: dict[str, threading.Lock] = {}
         self._log_locks_guard = threading.Lock()
+        self._log_deadlines: dict[str, float] = {}  # job -> when its release stops waiting
+        self._started = time.monotonic()
 
     def client(self, head: Head):
         """The lease's Jobs API client, or None while its head is still starting."""
@@ -188,10 +195,11 @@ class RayJobs:
             # The head keeps a stub file of the same name ("Runtime env is setting up"),
             # so the first answer is not enough: the driver's own file says it ran.
             url, headers = self._dashboards[head.lease_id]
-            first = client.get_job_info(submission).driver_node_id
-            nodes = [first, *_node_ids(url, headers)]
+            nodes = [client.get_job_info(submission).driver_node_id]
         except Exception:
             return ""
+        with contextlib.suppress(Exception):  # a busy head's node list: the driver's may answer
+            nodes += _node_ids(url, headers)
         # Live, only the driver's own file, never the stub: a follower reads this text by
         # offset, and the stub is not a prefix of the real log (a line would be cut).
         stub = ""
@@ -215,28 +223,31 @@ class RayJobs:
                 stub = stub or response.text
         return stub if stub_ok else ""
 
-    def save_log(self, head: Head, job_id: str, path: Path) -> None:
-        """Keep the driver's output before the lease's nodes go away. The driver's node can
-        answer a moment late (its log agent is busy as the job ends): retry briefly."""
+    def save_log(self, head: Head, job_id: str, path: Path) -> bool:
+        """Keep the driver's output before the lease's nodes go away; True once it is kept.
+
+        One try per call, so a release that waits for a log holds up no other lease: the
+        driver's node can answer late (its log agent is busy as the job ends, or, after a
+        coordinator restart, its seller's tunnel is not back yet). After the wait, what a
+        follower last saw beats the head's stub ("setting up", or why the runtime env
+        failed), which beats nothing."""
         if path.exists():
-            return
-        logs = ""
-        deadline = time.monotonic() + LOG_WAIT_S
-        while True:
-            logs = self.fetch_log(job_id, head)  # fresh, not the followers' cached copy
-            if DRIVER_STARTED in logs or not self.known(head.lease_id):
-                break
-            if time.monotonic() > deadline:
-                # What a follower last saw beats the head's stub ("setting up", or why the
-                # runtime env failed), which beats nothing.
-                _, live = self._live_logs.get(job_id, (0.0, ""))
-                logs = live if DRIVER_STARTED in live else self.fetch_log(job_id, head, True)
-                break
-            time.sleep(1.0)
+            return True
+        give_up_at = self._log_deadlines.setdefault(
+            job_id, max(time.monotonic() + LOG_WAIT_S, self._started + RESTART_LOG_WAIT_S)
+        )
+        logs = self.fetch_log(job_id, head)  # fresh, not the followers' cached copy
+        if DRIVER_STARTED not in logs and self.known(head.lease_id):
+            if time.monotonic() < give_up_at:
+                return False
+            _, live = self._live_logs.get(job_id, (0.0, ""))
+            logs = live if DRIVER_STARTED in live else self.fetch_log(job_id, head, True)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(logs)
         self._live_logs.pop(job_id, None)
         self._log_locks.pop(job_id, None)
+        self._log_deadlines.pop(job_id, None)
+        return True
 
 
 def _node_ids(url: str, headers: dict) -> list[str]:

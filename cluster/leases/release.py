@@ -116,7 +116,8 @@ def release(ctx: Leasing, now: float) -> None:
     for head, session, job_id in releasing:
         lease_id = head.lease_id
         _guarded(lease_id, "stopping the job", ctx.ray_jobs.stop, lease_id, job_id)
-        _guarded(lease_id, "saving the log", save_log, ctx, head, job_id)
+        if not _guarded(lease_id, "saving the log", save_log, ctx, head, job_id):
+            continue  # its driver's node has not answered yet: the next tick asks again
         _guarded(lease_id, "reading the last records", _last_records, ctx, job_id)
         _guarded(lease_id, "registering the model", _register_model, ctx, job_id)
         if ctx.objects:  # a key left by a failure here is revoked by the next sweep
@@ -131,12 +132,12 @@ def release(ctx: Leasing, now: float) -> None:
         ctx.ray_jobs.forget(lease_id)
 
 
-def save_log(ctx: Leasing, head, job_id: str) -> None:
+def save_log(ctx: Leasing, head, job_id: str) -> bool:
     path = ctx.ray_jobs.log_path(job_id)
     with ctx.store.transaction() as db:
         if not JobState(db.get(Job, job_id).state).is_terminal:
             path = path.with_name(f"driver-{head.lease_id}.log")  # requeued: a later lease's
-    ctx.ray_jobs.save_log(head, job_id, path)
+    return ctx.ray_jobs.save_log(head, job_id, path)
 
 
 def _last_records(ctx: Leasing, job_id: str) -> None:
@@ -227,8 +228,11 @@ def drop_finished_uploads(ctx: Leasing) -> None:
             db.get(Job, job_id).upload_bytes = 0
 
 
-def _guarded(lease_id: str, what: str, step, *args) -> None:
+def _guarded(lease_id: str, what: str, step, *args) -> bool:
+    """False only when the step says it is not done yet; a failed step is logged and
+    releasing goes on without it."""
     try:
-        step(*args)
+        return step(*args) is not False
     except Exception:
         log.exception("lease %s: %s failed; releasing goes on", lease_id, what)
+        return True

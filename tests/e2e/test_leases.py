@@ -311,14 +311,14 @@ def test_a_job_that_finished_while_the_coordinator_was_down_keeps_its_outcome(sw
     job = wait(buyer, job_id, ("succeeded", "failed", "cancelled"), timeout=60)
     assert job["state"] == "succeeded", job
     # Its log was kept before the orphaned head was stopped (it was lost with the head: '').
-    # Its release saves it; the driver's own lines come from its seller's node, over a
-    # tunnel the restarted hub may not have back within the release's 15 s wait, so the
-    # head's record of the job ("Runtime env is setting up", or all of it) is what is sure.
-    deadline = time.monotonic() + 60
+    # The driver's lines live on its seller's node, behind a tunnel the restarted hub gets
+    # back only when the seller re-handshakes: the release waits for them (RESTART_LOG_WAIT_S)
+    # without holding up other leases. Before that wait the saved log was '' or Ray's stub.
+    deadline = time.monotonic() + 90
     while not (logs := buyer.job_logs(job_id))["done"]:
         assert time.monotonic() < deadline, ("the log was not saved", logs)
         time.sleep(0.5)
-    assert logs["text"].strip(), logs
+    assert "done" in logs["text"].split(), logs
     deadline = time.monotonic() + 30
     while (member := buyer.job(job_id)["lease"]["members"][0])["detached_at"] is None:
         assert time.monotonic() < deadline, "the lease was not settled"
