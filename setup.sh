@@ -46,9 +46,17 @@ fi
 
 # DeepSpeed JIT-builds its CPU communication op on first use (~1 min, needs g++ and ninja):
 # build it once here, not inside every training worker. Cached in ~/.cache/torch_extensions.
+# The build is for this checkout's .venv: torch rewrites build.ninja with the paths of the
+# venv that loads it, and ninja then rebuilds, so a cache built by another checkout (a CI
+# clone elsewhere) made every DeepSpeed worker of every lease compile it again (~2 min).
+op_dir="$(ls -d "${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"/*/deepspeed_shm_comm 2>/dev/null | head -1)"
+if [ -n "$op_dir" ] && ! grep -qF "$PWD/.venv/" "$op_dir/build.ninja" 2>/dev/null; then
+  echo "setup: DeepSpeed's CPU op was built for another checkout; building it for this one"
+  rm -rf "$op_dir"
+fi
 if ! ls "${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"/*/deepspeed_shm_comm/*.so >/dev/null 2>&1; then
   echo "setup: building DeepSpeed's CPU op once"
-  DS_ACCELERATOR=cpu .venv/bin/python -c \
+  DS_ACCELERATOR=cpu PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -c \
     "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()" \
     >/dev/null 2>&1 || echo "setup: warning: DeepSpeed's CPU op did not build (g++/ninja?)"
 fi

@@ -216,19 +216,28 @@ def train_lora_worker(config: dict) -> None:
                 _average(trainable, world)  # a checkpoint holds one adapter: average first
             if steps_log:
                 steps_log.flush()  # every step up to a checkpoint is on record
+            began = time.perf_counter()
             with tempfile.TemporaryDirectory() as folder:
                 _save(folder, rank, step, base_metrics, model, engine, optimizer)
+                saved = time.perf_counter()
                 ray.train.report(
                     metrics,
                     checkpoint=Checkpoint.from_directory(folder),
                     checkpoint_dir_name=checkpoint_name(step),
                 )
+            reported = time.perf_counter()
             # Every rank's part is uploaded once its report returns: after a barrier, mark
             # the folder complete. A restart trusts only marked folders.
             if dist.is_initialized():
                 dist.barrier()
             if rank == 0:
                 mark_complete(run, checkpoint_name(step), step, world)
+            _say(  # every rank: the slowest one is what a checkpoint costs the run
+                rank,
+                f"checkpoint {step}: saved {saved - began:.2f} s, uploaded "
+                f"{reported - saved:.2f} s, all ranks {time.perf_counter() - reported:.2f} s",
+                every=True,
+            )
         elif "eval_loss" in metrics:
             ray.train.report(metrics)
     if steps_log:
@@ -341,6 +350,6 @@ def _cpu_or_cuda() -> bool:
     return cuda
 
 
-def _say(rank: int, text: str) -> None:
-    if rank == 0:
-        print(text, flush=True)
+def _say(rank: int, text: str, every: bool = False) -> None:
+    if rank == 0 or every:
+        print(text if rank == 0 else f"rank {rank}: {text}", flush=True)
