@@ -9,9 +9,11 @@ parse leniently, so scripts and `--json` see exactly what the coordinator said.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,6 +21,7 @@ import httpx
 from computeswarm.cluster import errors
 from computeswarm.errors import UserError
 
+UPLOAD_PIECE = 256 * 1024  # a progress bar's step
 MAX_MODEL_BYTES = 16 * 2**30  # unpacked size a model download may have (zip bombs)
 
 _BY_STATUS: dict[int, type[errors.ApiError]] = {
@@ -113,11 +116,27 @@ class CoordinatorClient:
 
     # -- jobs, market, ledger -------------------------------------------------------------
 
-    def submit_job(self, spec: dict, working_dir_zip: bytes | None = None) -> dict:
+    def submit_job(
+        self,
+        spec: dict,
+        working_dir_zip: bytes | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict:
+        """`progress(sent, total)` is called as the request's bytes go out (the upload)."""
         body = {"spec": spec, "working_dir_zip": None}
         if working_dir_zip is not None:
             body["working_dir_zip"] = base64.b64encode(working_dir_zip).decode()
-        return self._call("POST", "/v1/jobs", json=body)
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(data))}
+        if progress is None:
+            return self._call("POST", "/v1/jobs", content=data, headers=headers)
+
+        def pieces():
+            for start in range(0, len(data), UPLOAD_PIECE):
+                yield data[start : start + UPLOAD_PIECE]
+                progress(min(start + UPLOAD_PIECE, len(data)), len(data))
+
+        return self._call("POST", "/v1/jobs", content=pieces(), headers=headers)
 
     def jobs(self) -> list[dict]:
         return self._call("GET", "/v1/jobs")
@@ -164,6 +183,9 @@ class CoordinatorClient:
                 "available_until": available_until,
             },
         )
+
+    def seller_earnings(self, seller_id: str) -> dict:
+        return self._call("GET", f"/v1/sellers/{seller_id}/earnings")
 
     def leave(self, seller_id: str) -> dict:
         return self._call("POST", f"/v1/sellers/{seller_id}/leave")

@@ -32,9 +32,15 @@ class JobFailed(UserError):
 def connect(url: str | None = None, api_key: str | None = None) -> Swarm:
     """A swarm from `url` and `api_key`, or your profile / COMPUTESWARM_* environment
     (`computeswarm up --local` writes the profile)."""
+    import os
+
     from computeswarm.profile import resolve
 
-    url, key = resolve(url, api_key, role="buyer")
+    url, key = resolve(
+        url or os.environ.get("COMPUTESWARM_COORDINATOR"),
+        api_key or os.environ.get("COMPUTESWARM_API_KEY"),
+        role="buyer",
+    )
     if not key:
         raise UserError("no API key: pass api_key=, set COMPUTESWARM_API_KEY, or run `up --local`")
     return Swarm(CoordinatorClient(url, key, timeout=60), key)
@@ -50,14 +56,28 @@ class Swarm:
     def url(self) -> str:
         return self.client.url
 
-    def submit(self, spec: SpecLike, working_dir: str | Path | None = None) -> Job:
+    def submit(
+        self, spec: SpecLike, working_dir: str | Path | None = None, progress: bool = True
+    ) -> Job:
         """Submit a spec (a YAML path, a dict or a spec model); its working_dir (relative
-        to the YAML file, or to `working_dir` / the current folder) is uploaded."""
+        to the YAML file, or to `working_dir` / the current folder) is uploaded, with a
+        progress bar unless `progress=False`."""
         from computeswarm.jobs.upload import pack_working_dir
 
         parsed, folder = load(spec, working_dir)
         upload = pack_working_dir(folder, MAX_UPLOAD) if folder else None
-        return Job(self, self.client.submit_job(parsed.model_dump(mode="json"), upload)["id"])
+        body = parsed.model_dump(mode="json")
+        if upload is None or not progress:
+            return Job(self, self.client.submit_job(body, upload)["id"])
+        from tqdm import tqdm  # comes with Ray; text, so it shows in a notebook without widgets
+
+        with tqdm(total=None, unit="B", unit_scale=True, desc="uploading working_dir") as bar:
+
+            def sent(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            return Job(self, self.client.submit_job(body, upload, sent)["id"])
 
     def quote(self, spec: SpecLike, explain: bool = False) -> Quote:
         parsed, _ = load(spec, None, upload=False)

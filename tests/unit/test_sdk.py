@@ -142,3 +142,26 @@ def test_a_sweep_is_a_table():
     }
     frame = table.to_pandas()
     assert list(frame["trial_id"]) == ["t1", "t2"] and "<table" in table._repr_html_()
+
+
+def test_a_working_dir_upload_reports_its_progress_and_arrives_whole(tmp_path, capsys):
+    import base64
+    import io
+    import zipfile
+
+    fake = FakeCoordinator()
+    swarm = swarm_of(fake)
+    (tmp_path / "weights.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB, barely compressible
+    seen: list[tuple[int, int]] = []
+    swarm.client.submit_job(SPEC, b"z" * 700_000, lambda sent, total: seen.append((sent, total)))
+    total = seen[-1][1]
+    assert len(seen) >= 3 and seen[-1] == (total, total)
+    assert [s for s, _ in seen] == sorted(s for s, _ in seen)
+    assert base64.b64decode(fake.submitted[-1]["working_dir_zip"]) == b"z" * 700_000
+
+    job = swarm.submit(SPEC | {"runtime_env": {"working_dir": "."}}, working_dir=tmp_path)
+    assert job.id == "j-1"
+    assert "uploading working_dir" in capsys.readouterr().err  # the bar, on stderr
+    upload = base64.b64decode(fake.submitted[-1]["working_dir_zip"])
+    with zipfile.ZipFile(io.BytesIO(upload)) as z:
+        assert z.read("weights.bin") == (tmp_path / "weights.bin").read_bytes()
