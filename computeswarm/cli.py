@@ -13,10 +13,10 @@ from computeswarm.cluster.cli.commands import (
     accounts_app,
     head_app,
     invite_app,
-    seller_app,
     sellers_app,
 )
 from computeswarm.cluster.cli.models import models_app
+from computeswarm.cluster.cli.seller import seller_app
 from computeswarm.data.cli import cp, datasets_app
 from computeswarm.data.volumes_cli import volumes_app
 from computeswarm.errors import ComputeSwarmError

@@ -246,6 +246,36 @@ class SellerView(ResponseModel):
     left_at: float | None = None
 
 
+class EarningsDay(ResponseModel):
+    day: float = Field(description="The day's start (UTC), epoch seconds.")
+    released_micros: int
+
+
+class RunningStint(ResponseModel):
+    """The seller's part of a running lease; whose lease it is, the seller is not told."""
+
+    lease_id: str
+    gpus: int
+    since: float
+    ask_micros: int
+    accrued_micros: int
+
+
+class SellerEarnings(ResponseModel):
+    """Released: paid by settled leases; pending: accrued by leases not settled yet."""
+
+    released_micros: int
+    released_24h_micros: int
+    released_7d_micros: int
+    released_30d_micros: int
+    pending_micros: int
+    rate_micros_per_hour: int = Field(description="The last 15 minutes' average.")
+    predicted_day_micros: int
+    predicted_month_micros: int
+    daily: list[EarningsDay]
+    current: list[RunningStint]
+
+
 # -- accounts -----------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from computeswarm.cluster.client import CoordinatorClient
 from computeswarm.cluster.errors import ApiError, CoordinatorUnreachable, NotFound, Unauthorized
+from computeswarm.cluster.seller.uptime import UptimeLog
 from computeswarm.cluster.seller.workers import LeaseWorkers
 from computeswarm.cluster.sellers.gpus import Gpu
 
@@ -64,6 +65,7 @@ class SellerAgent:
         self.last_error: str | None = None
         self.workers = workers  # None: this agent runs no Ray nodes (tests, dry runs)
         self._reported: dict[str, str] = {}
+        self.uptime = UptimeLog(state_dir) if state_dir else None
 
     def run(self, stop: threading.Event) -> int:
         """Until `stop` is set or the coordinator says this seller is gone (exit code 3)."""
@@ -110,6 +112,8 @@ class SellerAgent:
             )
             self._reported = workers
             self.last_state, self.last_error = reply["state"], None
+            if self.uptime:
+                self.uptime.beat(time.time())
             if self.workers:
                 self.workers.reconcile(reply.get("assignments", []))
         except (NotFound, Unauthorized):

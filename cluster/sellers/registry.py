@@ -24,6 +24,7 @@ from computeswarm.cluster.accounts.roles import Caller, Role, create_account, is
 from computeswarm.cluster.errors import Busy, Conflict, InvalidInvite, NotFound
 from computeswarm.cluster.leases.states import LeaseState, MemberState
 from computeswarm.cluster.nodes.sandbox import lease_uid
+from computeswarm.cluster.sellers.earnings import Stint
 from computeswarm.cluster.sellers.states import SellerEvent, SellerState, transition
 from computeswarm.cluster.store.models import Invite, Job, Lease, LeaseMember, Offer, Seller
 from computeswarm.tunnel.addresses import AddressPool
@@ -369,3 +370,30 @@ def assignments(db: Session | Connection, seller_id: str, head_ip: str) -> list[
             }
         )
     return out
+
+
+def stints(db: Session, seller_id: str, since: float) -> list[Stint]:
+    """The seller's lease memberships that are not settled or ran after `since`."""
+    settled = (LeaseState.CLOSED.value, LeaseState.FAILED.value)
+    rows = db.execute(
+        select(LeaseMember, Lease.state, Lease.ended_at)
+        .join(Lease, Lease.id == LeaseMember.lease_id)
+        .where(
+            LeaseMember.seller_id == seller_id,
+            LeaseMember.attached_at.is_not(None),
+            Lease.state.not_in(settled)
+            | LeaseMember.detached_at.is_(None)
+            | (LeaseMember.detached_at > since),
+        )
+    ).all()
+    return [
+        Stint(
+            m.lease_id,
+            m.gpus,
+            m.ask_micros,
+            m.attached_at,
+            m.detached_at if m.detached_at is not None else ended_at,
+            state in settled,
+        )
+        for m, state, ended_at in rows
+    ]

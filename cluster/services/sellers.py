@@ -20,10 +20,13 @@ from computeswarm.cluster.api.schemas import (
     InviteCreated,
     OfferRequest,
     OfferView,
+    SellerEarnings,
     SellerView,
 )
 from computeswarm.cluster.errors import ApiError
+from computeswarm.cluster.ledger import journal as ledger
 from computeswarm.cluster.sellers import registry
+from computeswarm.cluster.sellers.earnings import RATE_WINDOW_S, Payout, summary
 from computeswarm.cluster.sellers.states import SellerState
 from computeswarm.cluster.store.db import Store
 from computeswarm.cluster.store.models import Offer, Seller
@@ -141,6 +144,17 @@ class SellersService:
                 now=now,
             )
             return offer_view(offer)
+
+    def earnings(self, caller: Caller, seller_id: str) -> SellerEarnings:
+        now = self.clock()
+        with self.store.transaction() as db:
+            registry.own_seller(db, caller, seller_id)
+            payouts = [
+                Payout(e.ref, e.amount_micros, e.created_at)
+                for e in ledger.entries_for(db, [ledger.seller(seller_id)])
+            ]
+            stints = registry.stints(db, seller_id, since=now - RATE_WINDOW_S)
+        return SellerEarnings(**summary(payouts, stints, now))
 
     def leave(self, caller: Caller, seller_id: str) -> SellerView:
         return seller_view(self.hub.leave(caller, seller_id), None, caller)

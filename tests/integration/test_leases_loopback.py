@@ -536,6 +536,95 @@ def test_the_sdk_submits_follows_and_waits_for_a_job(swarm, tmp_path):
         buyer.job("j-000000000000")
 
 
+def test_a_seller_s_local_dashboard_shows_its_ledger_and_changes_its_price_in_chromium(swarm):
+    """The dashboard the agent serves on the seller's 127.0.0.1, in real headless
+    Chromium: it refuses requests without the token, its earnings are the ledger's, its
+    charts are drawn, and a confirmed price change is the offer the coordinator shows."""
+    from decimal import Decimal
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.integration.browser import chromium, fetch_json, shoot, until_text
+
+    paid = swarm.buyer.submit_job(job("paid", "python -c 'print(1)'", "RTX4090:24GB:1", 1))
+    ended = _until(lambda: _state(swarm, paid["id"], "succeeded", "failed"), "the end", 150)
+    assert ended["state"] == "succeeded", ended
+    seller_id = _settled(swarm, paid["id"])["lease"]["members"][0]["seller_id"]
+    name = next(n for n, i in swarm.ids.items() if i == seller_id)
+    printed = subprocess.run(
+        [*CS, "seller", "dashboard", "--state-dir", str(swarm.root / name)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert printed.returncode == 0, printed.stderr
+    link = printed.stdout.strip()
+    home = link.split("login?")[0]
+    assert home.startswith("http://127.0.0.1:"), link
+    for path in ("", "api/state", "app.js"):
+        assert httpx.get(home + path, timeout=10).status_code == 401, path
+    assert httpx.get(home + "login?token=x", timeout=10).status_code == 401
+
+    account = f"seller:{seller_id}"
+    released = swarm.admin.ledger(account)["balances_micros"][account]
+    assert released > 0
+    with pytest.raises(ApiError, match="no seller"):  # a buyer learns nothing of earnings
+        swarm.buyer.seller_earnings(seller_id)
+    original = swarm.admin.seller(seller_id)["offer"]["price_per_gpu_hour"]
+    page = chromium()
+    try:
+        page.get(link)
+        shown = f"${released / 1e6:.4f}"
+        until_text(page, lambda t: name in t and shown in t, "the ledger's earnings")
+        state = fetch_json(page, "/api/state")
+        assert state["earnings"]["released_micros"] == released
+        assert page.find_element(By.ID, "released-total").text == shown
+        assert page.find_element(By.ID, "released-24h").text == shown  # all of it today
+        bars = page.find_elements(By.CSS_SELECTOR, "#earnings-chart rect")
+        assert len(bars) == 30 and float(bars[-1].get_attribute("height")) > 0
+        uptime = page.find_elements(By.CSS_SELECTOR, "#uptime-chart rect")
+        assert len(uptime) == 30 and float(uptime[-1].get_attribute("height")) > 0
+        assert state["uptime"][-1]["up_minutes"] >= 1  # the agent has heartbeated today
+        assert "account" not in json.dumps(state["earnings"])  # no buyer in a seller's view
+        shoot(page, "seller-dashboard")
+
+        def ask(price: str, accept: bool) -> None:
+            field = page.find_element(By.ID, "new-price")
+            field.clear()
+            field.send_keys(price)
+            page.find_element(By.ID, "set-price").click()
+            alert = WebDriverWait(page, 10).until(expected_conditions.alert_is_present())
+            assert price in alert.text and original in alert.text
+            alert.accept() if accept else alert.dismiss()
+
+        ask("0.31", accept=False)  # not confirmed: nothing changes
+        time.sleep(1)
+        assert swarm.admin.seller(seller_id)["offer"]["price_per_gpu_hour"] == original
+        ask("0.37", accept=True)
+        until_text(page, lambda t: "Now offered at $0.37" in t, "the new price")
+        market = {s["id"]: s["offer"] for s in swarm.buyer.sellers()}
+        assert Decimal(market[seller_id]["price_per_gpu_hour"]) == Decimal("0.37")  # buyers see
+        assert (
+            json.loads((swarm.root / name / "enrollment.json").read_text())["price_per_gpu_hour"]
+            == "0.37"
+        )  # and what a restarted agent offers
+        shoot(page, "seller-dashboard-price")
+    finally:
+        page.quit()
+        token = (swarm.root / name / "dashboard-token").read_text().strip()
+        httpx.post(
+            home + "api/price",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"price": original},
+            timeout=30,
+        ).raise_for_status()
+    assert Decimal(swarm.admin.seller(seller_id)["offer"]["price_per_gpu_hour"]) == Decimal(
+        original
+    )
+
+
 def test_a_closed_lease_leaves_no_temp_dir_of_its_head_or_its_workers(swarm):
     """Each lease node's Ray temp dir (its sandbox's /tmp: Ray's sessions, the lease token)
     goes with the node once the lease has settled."""

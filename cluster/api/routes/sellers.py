@@ -11,6 +11,7 @@ from computeswarm.cluster.api.schemas import (
     HeartbeatRequest,
     OfferRequest,
     OfferView,
+    SellerEarnings,
     SellerView,
 )
 from computeswarm.cluster.services.sellers import SellersService
@@ -48,6 +49,15 @@ def put_offer(
     seller_id: str, body: OfferRequest, who: Caller = Who, sellers: SellersService = Sellers
 ) -> OfferView:
     return sellers.put_offer(who, seller_id, body)
+
+
+@router.get("/v1/sellers/{seller_id}/earnings", response_model=SellerEarnings)
+def earnings(
+    seller_id: str, who: Caller = Who, sellers: SellersService = Sellers
+) -> SellerEarnings:
+    """Released and pending earnings, the last 15 minutes' rate, 30 days by day (the seller
+    itself and admins)."""
+    return sellers.earnings(who, seller_id)
 
 
 @router.post("/v1/sellers/{seller_id}/leave", response_model=SellerView)
