@@ -52,21 +52,28 @@ def token(state_dir: Path) -> str:
     return path.read_text().strip()
 
 
+FALLBACK_PORTS = range(DEFAULT_PORT + 1, DEFAULT_PORT + 100)
+
+
 def listen(port: int = DEFAULT_PORT) -> socket.socket:
-    """127.0.0.1:`port`, or any free port when that one is taken (several sellers on one
-    testbed host): the URL in the state dir says which."""
-    for candidate in dict.fromkeys((port, 0)):
+    """127.0.0.1:`port` (0: the kernel's choice), or the next free one of FALLBACK_PORTS
+    when it is taken (several sellers on one testbed host): the URL in the state dir says
+    which. Never the kernel's pick as a fallback: its ephemeral range holds the Ray nodes'
+    port blocks, and a seller's node then failed to start on a port its dashboard held."""
+    for candidate in dict.fromkeys((port, *FALLBACK_PORTS)):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", candidate))
         except OSError:
             sock.close()
-            log.warning("127.0.0.1:%s is taken; the dashboard takes a free port", candidate)
+            log.warning("127.0.0.1:%s is taken; the dashboard tries the next port", candidate)
             continue
         sock.listen(16)
         return sock
-    raise OSError("no port for the dashboard")
+    raise OSError(
+        f"127.0.0.1:{port} and {FALLBACK_PORTS.start}-{FALLBACK_PORTS.stop - 1} are taken"
+    )
 
 
 def login_url(state_dir: Path) -> str | None:
