@@ -49,7 +49,7 @@ fi
 # The build is for this checkout's .venv: torch rewrites build.ninja with the paths of the
 # venv that loads it, and ninja then rebuilds, so a cache built by another checkout (a CI
 # clone elsewhere) made every DeepSpeed worker of every lease compile it again (~2 min).
-op_dir="$(ls -d "${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"/*/deepspeed_shm_comm 2>/dev/null | head -1)"
+op_dir="$(ls -d "${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"/*/deepspeed_shm_comm 2>/dev/null | head -1 || true)"  # none yet on a fresh machine
 if [ -n "$op_dir" ] && ! grep -qF "$PWD/.venv/" "$op_dir/build.ninja" 2>/dev/null; then
   echo "setup: DeepSpeed's CPU op was built for another checkout; building it for this one"
   rm -rf "$op_dir"
