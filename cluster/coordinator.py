@@ -89,6 +89,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.started_at: float | None = None  # by self.clock, once start() ran
         self.objects = ObjectPlane(config.storage, config.state_dir / "objects")
         self.metrics.register(StorageCollector(self.objects.bytes_by_account))
         meters = MarketMeters(self.metrics)
@@ -129,6 +130,7 @@ class Coordinator:
 
     def start(self) -> None:
         become_subreaper()  # lease heads' leftovers are reaped here, not left as zombies
+        self.started_at = self.clock()
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store.migrate()
         self._bootstrap_admin()
@@ -307,10 +309,14 @@ class Coordinator:
         return seller
 
     def check_heartbeats(self) -> list[str]:
+        now, timeout_s = self.clock(), self.config.heartbeat.timeout_s
+        if self.started_at is not None and now - self.started_at < timeout_s:
+            # Silence while the coordinator was down is no seller's fault: after a
+            # (re)start each has a whole timeout to reach it again. Marked offline at
+            # once, every seller lost its lease nodes, and with them jobs that ran on.
+            return []
         with self.store.transaction() as db:
-            stale = registry.mark_missed_heartbeats(
-                db, self.clock(), self.config.heartbeat.timeout_s
-            )
+            stale = registry.mark_missed_heartbeats(db, now, timeout_s)
             ids = [s.id for s in stale]
         for seller_id in ids:
             log.warning("seller %s missed its heartbeats: offline", seller_id)

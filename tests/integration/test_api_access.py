@@ -37,6 +37,21 @@ def test_seller_goes_online_with_offer_and_offline_when_silent(head):
     assert heartbeat(head, seller).json()["state"] == "online"  # back when it speaks again
 
 
+def test_a_restarted_coordinator_gives_sellers_a_whole_timeout_to_reach_it_again(head):
+    """Marked offline the moment a coordinator came back from an outage, every seller
+    stopped its lease nodes, and a job that had run on lost its log (and its lease)."""
+    seller = head.enroll()
+    assert heartbeat(head, seller).json()["state"] == "online"
+    timeout_s = head.coordinator.config.heartbeat.timeout_s
+    head.clock.advance(10 * timeout_s)  # the coordinator was down this long
+    head.coordinator.started_at = head.clock()  # as start() records it
+    assert seller["seller_id"] not in head.coordinator.check_heartbeats()
+    head.clock.advance(timeout_s / 2)
+    assert heartbeat(head, seller).json()["state"] == "online"
+    head.clock.advance(timeout_s + 1)  # silent for a whole timeout after the start: offline
+    assert seller["seller_id"] in head.coordinator.check_heartbeats()
+
+
 def test_wrong_role_keys_are_refused(head):
     buyer = head.account("buyer")
     seller = head.enroll()
