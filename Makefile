@@ -30,6 +30,7 @@ bench: setup
 	$(VENV)/python -m computeswarm.tests.bench.overlay_throughput
 	$(VENV)/python -m computeswarm.tests.bench.heartbeats
 	$(VENV)/python -m computeswarm.tests.bench.market
+	$(VENV)/python -m computeswarm.tests.bench.market_rounds
 	$(VENV)/python -m computeswarm.tests.bench.lease_latency
 	$(VENV)/python -m computeswarm.tests.bench.training
 	$(VENV)/python -m computeswarm.tests.bench.gateway

@@ -311,9 +311,8 @@ class Coordinator:
     def check_heartbeats(self) -> list[str]:
         now, timeout_s = self.clock(), self.config.heartbeat.timeout_s
         if self.started_at is not None and now - self.started_at < timeout_s:
-            # Silence while the coordinator was down is no seller's fault: after a
-            # (re)start each has a whole timeout to reach it again. Marked offline at
-            # once, every seller lost its lease nodes, and with them jobs that ran on.
+            # Silence while we were down is no seller's fault: each gets a whole timeout
+            # (marked offline at once, all stopped their lease nodes and jobs' logs).
             return []
         with self.store.transaction() as db:
             stale = registry.mark_missed_heartbeats(db, now, timeout_s)

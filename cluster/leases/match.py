@@ -25,6 +25,7 @@ from computeswarm.cluster.leases.states import (
     values,
 )
 from computeswarm.cluster.ledger import journal as ledger
+from computeswarm.cluster.market.batch import place_round
 from computeswarm.cluster.market.book import Match, OrderBook
 from computeswarm.cluster.market.orders import ask_for, bid_for, reliability
 from computeswarm.cluster.nodes import sandbox
@@ -61,20 +62,36 @@ def match_pending(ctx: Leasing, now: float) -> None:
         used_ports = db.scalars(
             select(Lease.port_base).where(Lease.state.in_(values(ACTIVE_LEASE_STATES)))
         ).all()
+        # Every job that may be matched now is one round: the market places its bids
+        # together (`place_round`), not each in turn against what the earlier took.
+        ready = []
         for job in jobs:
             # One bad job (a spec this code cannot render, a missing model) fails alone
             # with its reason; the rest of the queue is matched as usual. Nothing of a
             # job is written before `open_lease`, so a failure leaves no half-lease.
             try:
-                opening = _match_one(ctx, db, job, book, used_ports, now)
+                spec = _ready(ctx, db, job, used_ports, now)
             except Exception as e:
-                log.exception("job %s: cannot be matched", job.id)
-                end_job(job, JobState.FAILED, now, f"cannot lease: {why(e)}")
+                _cannot_match(job, e, now)
+                continue
+            if spec is not None:
+                ready.append((job, spec))
+        decisions = place_round(book, [bid_for(job.id, spec) for job, spec in ready])
+        for (job, spec), decision in zip(ready, decisions, strict=True):
+            try:
+                opening = _opening(ctx, db, job, spec, decision, used_ports, now)
+            except Exception as e:
+                _cannot_match(job, e, now)
                 continue
             if opening is not None:
                 used_ports = [*used_ports, opening.port]
                 ctx.on_match(now - _waiting_since(db, job))
                 open_lease(db, opening, now)
+
+
+def _cannot_match(job: Job, error: Exception, now: float) -> None:
+    log.exception("job %s: cannot be matched", job.id)
+    end_job(job, JobState.FAILED, now, f"cannot lease: {why(error)}")
 
 
 def _waiting_since(db, job: Job) -> float:
@@ -83,36 +100,54 @@ def _waiting_since(db, job: Job) -> float:
     return (earlier.ended_at if earlier else None) or job.created_at
 
 
-def _match_one(ctx: Leasing, db, job: Job, book: OrderBook, used_ports, now: float):
-    """The job's `Opening`, or None: the job waits, or has ended with its reason."""
+def _ready(ctx: Leasing, db, job: Job, used_ports, now: float) -> AnyJob | None:
+    """The job's spec if it may be matched now; None: it waits, or has ended, with its
+    reason."""
     if job.lease_id and db.get(Lease, job.lease_id).state in values(ACTIVE_LEASE_STATES):
         return None  # requeued: its escrow comes back when the old lease settles
     spec = job_from_record(job.spec)
-    escrow = spec.escrow_micros
-    funds = ledger.balance(db, ledger.buyer(job.account_id))
-    if funds < escrow:
-        reason = (
-            f"insufficient funds: {money_text(funds)} available, {money_text(escrow)} "
-            "needed in escrow (budget, or max price x GPUs x max_duration)"
-        )
-        end_job(job, JobState.FAILED, now, reason)
+    if not _funded(db, job, spec, now):
         return None
-    port = ctx.heads.free_block(used_ports)
-    if port is None:
+    if ctx.heads.free_block(used_ports) is None:
         job.reason = f"waiting for a lease slot: all {HEAD_SLOTS} on this coordinator are in use"
         return None
-    decision = book.place(bid_for(job.id, spec))
+    return spec
+
+
+def _funded(db, job: Job, spec: AnyJob, now: float) -> bool:
+    """Whether the buyer can put the job's escrow aside now; else the job fails, saying so."""
+    escrow = spec.escrow_micros
+    funds = ledger.balance(db, ledger.buyer(job.account_id))
+    if funds >= escrow:
+        return True
+    reason = (
+        f"insufficient funds: {money_text(funds)} available, {money_text(escrow)} "
+        "needed in escrow (budget, or max price x GPUs x max_duration)"
+    )
+    end_job(job, JobState.FAILED, now, reason)
+    return False
+
+
+def _opening(ctx: Leasing, db, job: Job, spec: AnyJob, decision, used_ports, now: float):
+    """The job's `Opening` for the market's decision, or None: the job waits, or has
+    ended, with its reason."""
     if not isinstance(decision, Match):
         if spec.queue:
             job.reason = f"waiting for supply: {decision.reason}"
         else:
             end_job(job, JobState.FAILED, now, f"no match (queue: false): {decision.reason}")
         return None
+    if not _funded(db, job, spec, now):  # an earlier job of the round took the funds
+        return None
+    port = ctx.heads.free_block(used_ports)
+    if port is None:  # the round matched more jobs than there are slots left
+        job.reason = f"waiting for a lease slot: all {HEAD_SLOTS} on this coordinator are in use"
+        return None
     files = lease_files(ctx, db, job, spec)  # what its sandboxes see
     if sandbox.check().ok:  # the lease's uid writes its run folder, on every host
         for folder in files["write"]:
             sandbox.hand_over(Path(folder), sandbox.lease_uid(port))
-    return Opening(job, spec, decision, port, escrow, files)
+    return Opening(job, spec, decision, port, spec.escrow_micros, files)
 
 
 def lease_files(ctx: Leasing, db, job: Job, spec: AnyJob) -> dict[str, list[str]]:

@@ -17,6 +17,7 @@ that cannot serve the bid has a reason (`explain`).
 from __future__ import annotations
 
 import bisect
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -124,7 +125,7 @@ def match(
             rejected[ask.seller_id] = reason
     eligible.sort(key=lambda a: _rank(a, fee_bps))
     if len(eligible) < bid.nodes:
-        return NoMatch(bid.job_id, _shortfall(bid, len(eligible)), rejected)
+        return NoMatch(bid.job_id, shortfall(bid, len(eligible)), rejected)
     return Match(bid.job_id, tuple(_allocate(bid, a, fee_bps) for a in eligible[: bid.nodes]))
 
 
@@ -149,8 +150,31 @@ class OrderBook:
             self._by_model[None].append(entry)
         self._by_model[None].sort()
 
+    def copy(self) -> OrderBook:
+        """The same book with its own free GPUs, to try placements on."""
+        twin = copy.copy(self)
+        twin.free = dict(self.free)
+        return twin
+
+    def ranked(self) -> list[Ask]:
+        """Every ask, best first, with its free GPUs as of now."""
+        return [self.current(entry[-1]) for entry in self._by_model[None]]
+
+    def current(self, seller_id: str) -> Ask:
+        return Ask(**{**self._asks[seller_id].__dict__, "free_gpus": self.free[seller_id]})
+
     def place(self, bid: Bid) -> Match | NoMatch:
-        chosen = []
+        chosen = self.candidates(bid, bid.nodes)
+        if len(chosen) < bid.nodes:
+            return NoMatch(bid.job_id, shortfall(bid, len(chosen)))
+        return self.take(bid, chosen)
+
+    def candidates(self, bid: Bid, limit: int) -> list[Ask]:
+        """The `limit` best asks that can serve one node of `bid` now, best first (each
+        with its free GPUs as of now)."""
+        chosen: list[Ask] = []
+        if limit <= 0:
+            return chosen
         for *_, seller_id in self._by_model.get(bid.gpu_model, []):
             ask = self._asks[seller_id]
             if buyer_price(ask.ask_micros, self.fee_bps) > bid.max_price_micros:
@@ -162,16 +186,21 @@ class OrderBook:
                 or ask.reliability < bid.min_reliability
             ):
                 continue  # cheap checks first: most asks fail here without a copy
-            current = Ask(**{**ask.__dict__, "free_gpus": free})
+            current = self.current(seller_id)
             if explain(bid, current, self.now, self.fee_bps) is None:
                 chosen.append(current)
-                if len(chosen) == bid.nodes:
+                if len(chosen) == limit:
                     break
-        if len(chosen) < bid.nodes:
-            return NoMatch(bid.job_id, _shortfall(bid, len(chosen)))
-        for ask in chosen:
+        return chosen
+
+    def take(self, bid: Bid, asks: Sequence[Ask]) -> Match:
+        """Lease `bid` one node on each of `asks` (which `candidates` gave)."""
+        for ask in asks:
+            if self.free[ask.seller_id] < bid.gpus_per_node:
+                raise ValueError(f"{ask.seller_id} has no {bid.gpus_per_node} free GPU(s)")
+        for ask in asks:
             self.free[ask.seller_id] -= bid.gpus_per_node
-        return Match(bid.job_id, tuple(_allocate(bid, a, self.fee_bps) for a in chosen))
+        return Match(bid.job_id, tuple(_allocate(bid, a, self.fee_bps) for a in asks))
 
 
 def _rank(ask: Ask, fee_bps: int) -> tuple:
@@ -184,7 +213,7 @@ def _allocate(bid: Bid, ask: Ask, fee_bps: int) -> Allocation:
     )
 
 
-def _shortfall(bid: Bid, found: int) -> str:
+def shortfall(bid: Bid, found: int) -> str:
     what = f"{bid.gpus_per_node}x {bid.gpu_model or 'any GPU'}"
     if bid.min_vram_gb:
         what += f" with >= {bid.min_vram_gb} GB"

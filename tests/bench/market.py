@@ -26,7 +26,7 @@ different synthetic books; every number is reproducible from the seed):
    total for those same bids (>= 1; 1 means greedy lost nothing). The optimal total serving
    all bids is printed too.
 
-Needs scipy and numpy (`.venv/bin/pip install scipy`; not a project dependency). `make bench`
+scipy and numpy come with the project (the market's rounds use scipy). `make bench`
 runs it; CI does not:
 
     .venv/bin/python -m computeswarm.tests.bench.market [--asks N] [--bids N] [--runs N] ...
@@ -38,17 +38,13 @@ import argparse
 import gc
 import random
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 
-from computeswarm.cluster.market.book import Ask, Bid, Match, OrderBook, buyer_price, explain, match
+import numpy as np
+from scipy.optimize import linear_sum_assignment
 
-try:
-    import numpy as np
-    from scipy.optimize import linear_sum_assignment
-except ImportError:  # pragma: no cover
-    sys.exit("this benchmark needs scipy: .venv/bin/pip install scipy")
+from computeswarm.cluster.market.book import Ask, Bid, Match, OrderBook, buyer_price, explain, match
 
 NOW = 1_700_000_000.0
 HOUR = 3600.0
