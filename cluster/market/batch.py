@@ -35,7 +35,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
-from computeswarm.cluster.market.book import Bid, Match, NoMatch, OrderBook, buyer_price, shortfall
+from computeswarm.cluster.market.book import Bid, Match, NoMatch, OrderBook, shortfall
 
 CANDIDATES = 64  # sellers first offered to each one-GPU bid; widened while bids go unserved
 REPAIRS = 32  # unserved multi-GPU or multi-node bids a round tries to make room for
@@ -46,45 +46,38 @@ def place_round(book: OrderBook, bids: Sequence[Bid]) -> list[Match | NoMatch]:
     decisions: list[Match | NoMatch | None] = [None] * len(bids)
     singles = [i for i, b in enumerate(bids) if b.nodes == 1 and b.gpus_per_node == 1]
     others = [i for i, b in enumerate(bids) if not (b.nodes == 1 and b.gpus_per_node == 1)]
-    asks = _Asks(book)  # once a round: its arrays cost more than a round's matching
-    _place_singles(book, bids, singles, decisions, asks)
-    if others:
-        asks.refresh(book)
-        others.sort(key=lambda i: (len(asks.fitting(bids[i])) - bids[i].nodes, i))
+    _place_singles(book, bids, singles, decisions)
+    others.sort(key=lambda i: (len(book.fitting(bids[i])) - bids[i].nodes, i))
     for i in others:
         decisions[i] = book.place(bids[i])
     for i in [i for i in others if isinstance(decisions[i], NoMatch)][:REPAIRS]:
-        _make_room(book, bids, singles, decisions, i, asks)
+        _make_room(book, bids, singles, decisions, i)
     return decisions  # type: ignore[return-value]
 
 
-def _place_singles(
-    book: OrderBook, bids: Sequence[Bid], singles: list[int], decisions, asks: _Asks
-) -> None:
+def _place_singles(book: OrderBook, bids: Sequence[Bid], singles: list[int], decisions) -> None:
     if len(singles) == 1:  # alone, the cheapest seller is the optimum
         decisions[singles[0]] = book.place(bids[singles[0]])
     elif singles:
-        chosen = _assign_singles(book, [bids[i] for i in singles], asks)
+        chosen = _assign_singles(book, [bids[i] for i in singles])
         for i, decision in zip(singles, chosen, strict=True):
             decisions[i] = decision
 
 
-def _make_room(
-    book: OrderBook, bids: Sequence[Bid], singles: list[int], decisions, i: int, asks: _Asks
-) -> None:
+def _make_room(book: OrderBook, bids: Sequence[Bid], singles: list[int], decisions, i: int) -> None:
     """Place bid `i` where the one-GPU bids are, if they all fit elsewhere (see the top)."""
     trial = book.copy()
     for j in singles:
         if isinstance(decisions[j], Match):
-            trial.free[decisions[j].allocations[0].seller_id] += 1
+            trial.give(decisions[j].allocations[0].seller_id, 1)
     placed = trial.place(bids[i])
     if not isinstance(placed, Match):
         return
     redone = list(decisions)
-    _place_singles(trial, bids, singles, redone, asks)
+    _place_singles(trial, bids, singles, redone)
     if _served(redone, singles) < _served(decisions, singles):
         return
-    book.free = trial.free
+    book.adopt(trial)
     decisions[:] = redone
     decisions[i] = placed
 
@@ -93,89 +86,51 @@ def _served(decisions, indices: list[int]) -> int:
     return sum(isinstance(decisions[i], Match) for i in indices)
 
 
-class _Asks:
-    """The book's asks as arrays, in the book's rank order (cheapest, most reliable first),
-    with their free GPUs as of now: one vectorised `explain` per bid, not a loop."""
-
-    def __init__(self, book: OrderBook):
-        asks = book.ranked()
-        self.ids = [a.seller_id for a in asks]
-        self.models = np.array([a.gpu_model for a in asks], dtype=object)
-        self.vram = np.array([a.vram_gb for a in asks])
-        self.free = np.array([a.free_gpus for a in asks])
-        self.price = np.array([buyer_price(a.ask_micros, book.fee_bps) for a in asks])
-        self.reliability = np.array([a.reliability for a in asks])
-        self.max_lease = np.array([a.max_lease_s for a in asks])
-        self.until = np.array(
-            [np.inf if a.available_until is None else a.available_until for a in asks]
-        )
-        self.now = book.now
-
-    def refresh(self, book: OrderBook) -> None:
-        """Free GPUs as `book` has them now (placements since, or a trial copy's)."""
-        self.free = np.array([book.free[i] for i in self.ids])
-
-    def fitting(self, bid: Bid) -> np.ndarray:
-        """Indices of the asks that can serve one node of `bid`, best first."""
-        ok = (
-            (self.free >= bid.gpus_per_node)
-            & (self.vram >= bid.min_vram_gb)
-            & (self.price <= bid.max_price_micros)
-            & (self.reliability >= bid.min_reliability)
-            & (self.max_lease >= bid.duration_s)
-            & (self.until >= self.now + bid.duration_s)
-        )
-        if bid.gpu_model:
-            ok &= self.models == bid.gpu_model
-        return np.flatnonzero(ok)
-
-
-def _assign_singles(book: OrderBook, bids: list[Bid], asks: _Asks) -> list[Match | NoMatch]:
+def _assign_singles(book: OrderBook, bids: list[Bid]) -> list[Match | NoMatch]:
     """One GPU each, jointly: the min-cost matching of bids to free GPUs (see the top).
     While a bid is left unserved and some bid was offered fewer sellers than fit it,
     every bid is offered four times as many and the round solved again."""
-    asks.refresh(book)
-    fitting = [asks.fitting(bid) for bid in bids]
+    fitting = [book.fitting(bid) for bid in bids]
     limit = CANDIDATES
     while True:
         options = [f[:limit] for f in fitting]
-        assigned = _matching(asks, options)
+        assigned = _matching(book, options)
         if (assigned >= 0).all() or all(len(f) <= limit for f in fitting):
             break
         limit *= 4
     out: list[Match | NoMatch] = []
     for bid, fit, column in zip(bids, fitting, assigned, strict=True):
         if column < 0:
-            left = sum(book.free[asks.ids[i]] >= 1 for i in fit)
+            left = int((book.spare[fit] >= 1).sum())
             out.append(NoMatch(bid.job_id, shortfall(bid, left)))
         else:
-            out.append(book.take(bid, [book.current(asks.ids[column])]))
+            out.append(book.take(bid, [book.current(book.ids[column])]))
     return out
 
 
-def _matching(asks: _Asks, options: list[np.ndarray]) -> np.ndarray:
-    """The ask (an index into `asks`; -1: unserved) of each bid in the min-cost matching
+def _matching(book: OrderBook, options: list[np.ndarray]) -> np.ndarray:
+    """The ask (a position in `book`; -1: unserved) of each bid in the min-cost matching
     of the bids to the free GPUs of the asks they are offered."""
     n = len(options)
     used = np.unique(np.concatenate(options)) if n else np.array([], dtype=int)
     # A seller's free GPUs are interchangeable: a column per GPU that can be used at all.
-    units = np.minimum(asks.free[used], n)
-    first = np.zeros(len(asks.ids), dtype=np.int64)
+    units = np.minimum(book.spare[used], n)
+    first = np.zeros(len(book.ids), dtype=np.int64)
     first[used] = np.concatenate(([0], np.cumsum(units)[:-1]))
     owner = np.repeat(used, units)  # column -> ask index
     width = int(units.sum())
     if width == 0:
         return np.full(n, -1)
-    top = int(asks.price[used].max()) if len(used) else 0
+    top = int(book.price[used].max()) if len(used) else 0
     step = float(n * (top + 1) + 1)  # more than the prices of any assignment
     rows, cols, costs = [], [], []
     for i, offered in enumerate(options):
-        count = np.minimum(asks.free[offered], n)
+        count = np.minimum(book.spare[offered], n)
         rows.append(np.full(int(count.sum()) + 1, i))
         cols.append(np.concatenate((_columns(first[offered], count), [width + i])))
         # +1: a price of 0 would be no edge; unserved: dearer for an earlier bid
         costs.append(
-            np.concatenate((np.repeat(asks.price[offered] + 1.0, count), [(2 * n - i) * step]))
+            np.concatenate((np.repeat(book.price[offered] + 1.0, count), [(2 * n - i) * step]))
         )
     graph = csr_matrix(
         (np.concatenate(costs), (np.concatenate(rows), np.concatenate(cols))),

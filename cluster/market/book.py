@@ -16,14 +16,17 @@ that cannot serve the bid has a reason (`explain`).
 
 from __future__ import annotations
 
-import bisect
 import copy
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from computeswarm.jobs.money import money_text
 
 DEFAULT_FEE_BPS = 1000  # 10 %
+WINDOW = 256  # asks a bid checks at first: most bids find theirs among the first few
 
 
 @dataclass(frozen=True)
@@ -132,36 +135,60 @@ def match(
 class OrderBook:
     """Many bids against one book of asks, in order, each consuming the GPUs it gets.
 
-    Asks are kept sorted by rank per GPU model, so a bid scans from the cheapest ask and
-    usually stops after a few: fast enough for tens of thousands of offers.
+    The asks live in arrays, in rank order, once for every GPU model and once for all: a
+    bid's price cut-off is a binary search, and its other checks run vectorised over a
+    window of asks from the first with a free GPU, four times wider each time the window
+    held too few. Most bids are decided in the first window (tens of microseconds); one
+    that cannot be served checks every ask under its price in a handful of array passes.
     """
 
-    def __init__(self, asks: Sequence[Ask], now: float, fee_bps: int = DEFAULT_FEE_BPS):
+    def __init__(
+        self,
+        asks: Sequence[Ask],
+        now: float,
+        fee_bps: int = DEFAULT_FEE_BPS,
+        *,
+        window: int = WINDOW,
+    ):
         if len({a.seller_id for a in asks}) != len(asks):
             raise ValueError("one ask per seller: an OrderBook keys capacity by seller id")
         self.now = now
         self.fee_bps = fee_bps
-        self.free = {a.seller_id: a.free_gpus for a in asks}
-        self._asks = {a.seller_id: a for a in asks}
-        self._by_model: dict[str | None, list[tuple]] = {None: []}
-        for ask in asks:
-            entry = (*_rank(ask, fee_bps), ask.seller_id)
-            bisect.insort(self._by_model.setdefault(ask.gpu_model, []), entry)
-            self._by_model[None].append(entry)
-        self._by_model[None].sort()
+        self.window = window  # asks checked at first per bid (then 4x, 16x, ...)
+        self._asks = sorted(asks, key=lambda a: _rank(a, fee_bps))
+        self.ids = [a.seller_id for a in self._asks]
+        self._position = {seller_id: i for i, seller_id in enumerate(self.ids)}
+        models = np.array([a.gpu_model for a in self._asks], dtype=object)
+        self._views = {None: _View(self._asks, np.arange(len(self._asks)), fee_bps)}
+        for model in sorted({m for m in models.tolist() if m}):
+            self._views[model] = _View(self._asks, np.flatnonzero(models == model), fee_bps)
+        self.price = self._views[None].price  # per GPU-hour, fee included, in rank order
+        self.spare = self._views[None].spare  # free GPUs now, in rank order
 
     def copy(self) -> OrderBook:
         """The same book with its own free GPUs, to try placements on."""
         twin = copy.copy(self)
-        twin.free = dict(self.free)
+        twin._views = {m: view.copy() for m, view in self._views.items()}
+        twin.spare = twin._views[None].spare
         return twin
+
+    def adopt(self, other: OrderBook) -> None:
+        """Take the free GPUs of `other`, a `copy` of this book."""
+        self._views = other._views
+        self.spare = other.spare
+
+    @property
+    def free(self) -> dict[str, int]:
+        """Free GPUs now, by seller id."""
+        return dict(zip(self.ids, self.spare.tolist(), strict=True))
 
     def ranked(self) -> list[Ask]:
         """Every ask, best first, with its free GPUs as of now."""
-        return [self.current(entry[-1]) for entry in self._by_model[None]]
+        return [self.current(seller_id) for seller_id in self.ids]
 
     def current(self, seller_id: str) -> Ask:
-        return Ask(**{**self._asks[seller_id].__dict__, "free_gpus": self.free[seller_id]})
+        i = self._position[seller_id]
+        return dataclasses.replace(self._asks[i], free_gpus=int(self.spare[i]))
 
     def place(self, bid: Bid) -> Match | NoMatch:
         chosen = self.candidates(bid, bid.nodes)
@@ -172,35 +199,94 @@ class OrderBook:
     def candidates(self, bid: Bid, limit: int) -> list[Ask]:
         """The `limit` best asks that can serve one node of `bid` now, best first (each
         with its free GPUs as of now)."""
-        chosen: list[Ask] = []
-        if limit <= 0:
-            return chosen
-        for *_, seller_id in self._by_model.get(bid.gpu_model, []):
-            ask = self._asks[seller_id]
-            if buyer_price(ask.ask_micros, self.fee_bps) > bid.max_price_micros:
-                break  # sorted by price: nothing further is cheap enough
-            free = self.free[seller_id]
-            if (
-                free < bid.gpus_per_node
-                or ask.vram_gb < bid.min_vram_gb
-                or ask.reliability < bid.min_reliability
-            ):
-                continue  # cheap checks first: most asks fail here without a copy
-            current = self.current(seller_id)
-            if explain(bid, current, self.now, self.fee_bps) is None:
-                chosen.append(current)
-                if len(chosen) == limit:
-                    break
-        return chosen
+        view = self._views.get(bid.gpu_model or None)
+        if view is None or limit <= 0:
+            return []
+        found = view.fitting(bid, self.now, self.window, limit)
+        return [self.current(self.ids[i]) for i in found]
+
+    def fitting(self, bid: Bid) -> np.ndarray:
+        """The positions (in rank order) of every ask that can serve one node of `bid`."""
+        view = self._views.get(bid.gpu_model or None)
+        return (
+            np.array([], dtype=np.int64)
+            if view is None
+            else view.fitting(bid, self.now, self.window)
+        )
 
     def take(self, bid: Bid, asks: Sequence[Ask]) -> Match:
         """Lease `bid` one node on each of `asks` (which `candidates` gave)."""
         for ask in asks:
-            if self.free[ask.seller_id] < bid.gpus_per_node:
+            if self.spare[self._position[ask.seller_id]] < bid.gpus_per_node:
                 raise ValueError(f"{ask.seller_id} has no {bid.gpus_per_node} free GPU(s)")
         for ask in asks:
-            self.free[ask.seller_id] -= bid.gpus_per_node
+            self.give(ask.seller_id, -bid.gpus_per_node)
         return Match(bid.job_id, tuple(_allocate(bid, a, self.fee_bps) for a in asks))
+
+    def give(self, seller_id: str, gpus: int) -> None:
+        """Return `gpus` GPUs to a seller's free ones (negative: take them)."""
+        ask = self._asks[self._position[seller_id]]
+        for model in {None, ask.gpu_model or None}:
+            self._views[model].add(self._position[seller_id], gpus)
+
+
+class _View:
+    """The asks of one GPU model (or of all) as arrays in rank order: static columns,
+    and the free GPUs, which placements change."""
+
+    def __init__(self, asks: Sequence[Ask], rows: np.ndarray, fee_bps: int):
+        chosen = [asks[i] for i in rows.tolist()]
+        self.rows = rows  # positions in the whole book
+        self.slot = {int(r): i for i, r in enumerate(rows.tolist())}
+        self.price = np.array([buyer_price(a.ask_micros, fee_bps) for a in chosen], np.int64)
+        self.vram = np.array([a.vram_gb for a in chosen], np.int64)
+        self.reliability = np.array([a.reliability for a in chosen], np.float64)
+        self.max_lease = np.array([a.max_lease_s for a in chosen], np.float64)
+        until = [np.inf if a.available_until is None else a.available_until for a in chosen]
+        self.until = np.array(until, np.float64)
+        self.spare = np.array([a.free_gpus for a in chosen], np.int64)
+        self.front = 0  # no free GPU before this slot
+
+    def copy(self) -> _View:
+        twin = copy.copy(self)
+        twin.spare = self.spare.copy()
+        return twin
+
+    def add(self, row: int, gpus: int) -> None:
+        slot = self.slot[row]
+        self.spare[slot] += gpus
+        if gpus > 0:
+            self.front = min(self.front, slot)
+
+    def fitting(
+        self, bid: Bid, now: float, window: int, limit: int | None = None
+    ) -> list[int] | np.ndarray:
+        """Rows of the asks that can serve one node of `bid`, best first: the first
+        `limit`, or (None) all."""
+        cut = int(np.searchsorted(self.price, min(bid.max_price_micros, _INT_MAX), "right"))
+        while self.front < len(self.spare) and self.spare[self.front] == 0:
+            self.front += 1
+        start = self.front if bid.gpus_per_node > 0 else 0
+        width = cut if limit is None else window
+        found, count = [], 0
+        while start < cut and (limit is None or count < limit):
+            stop = min(cut, start + width)
+            window = slice(start, stop)
+            ok = (
+                (self.spare[window] >= bid.gpus_per_node)
+                & (self.vram[window] >= min(bid.min_vram_gb, _INT_MAX))
+                & (self.reliability[window] >= bid.min_reliability)
+                & (self.max_lease[window] >= bid.duration_s)
+                & (self.until[window] >= now + bid.duration_s)
+            )
+            found.append(self.rows[start + np.flatnonzero(ok)])
+            count += len(found[-1])
+            start, width = stop, width * 4
+        rows = np.concatenate(found) if found else np.array([], dtype=np.int64)
+        return rows if limit is None else rows[:limit].tolist()
+
+
+_INT_MAX = 2**62  # above any price or VRAM, within int64: a buyer's huge max stays a max
 
 
 def _rank(ask: Ask, fee_bps: int) -> tuple:

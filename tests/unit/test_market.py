@@ -257,6 +257,18 @@ def test_order_book_multi_node_bids_use_distinct_sellers():
     assert book.free == {"a": 6, "b": 0, "c": 0}
 
 
+def test_gpus_given_back_to_a_seller_are_offered_again_before_dearer_ones():
+    book = OrderBook([ask("cheap", free_gpus=1, ask_micros=100_000), ask("dear", free_gpus=4)], NOW)
+    assert sellers(book.place(bid("j1"))) == ["cheap"]
+    assert sellers(book.place(bid("j2"))) == ["dear"]  # the book now skips the taken seller
+    twin = book.copy()
+    twin.give("cheap", 1)  # e.g. a round's trial moving a one-GPU bid off it
+    assert book.free == {"cheap": 0, "dear": 3}, "a copy gives back its own GPUs only"
+    assert sellers(twin.place(bid("j3"))) == ["cheap"]
+    book.adopt(twin)
+    assert book.free == {"cheap": 0, "dear": 3}
+
+
 def test_order_book_filters_by_model_and_serves_any_model():
     asks = [
         ask("h100", gpu_model="H100", vram_gb=80, ask_micros=2_000_000),
@@ -427,11 +439,12 @@ def test_order_book_agrees_with_match_on_a_fresh_book(b, asks, fee_bps):
     assert OrderBook(asks, NOW, fee_bps).place(b) == match(b, asks, NOW, fee_bps)
 
 
-@settings(max_examples=200, deadline=None)
-@given(bids_st, asks_st(), fees)
-def test_order_book_agrees_with_match_on_what_is_left(bids, asks, fee_bps):
-    # Each placement is what `match` would choose among the GPUs still free.
-    book = OrderBook(asks, NOW, fee_bps)
+@settings(max_examples=300, deadline=None)
+@given(bids_st, asks_st(), fees, st.sampled_from([1, 2, 5, 256]))
+def test_order_book_agrees_with_match_on_what_is_left(bids, asks, fee_bps, window):
+    # Each placement is what `match` would choose among the GPUs still free, also when
+    # the book's first window of asks is tiny (its widening is what big books rely on).
+    book = OrderBook(asks, NOW, fee_bps, window=window)
     for b in bids:
         left = [Ask(**{**a.__dict__, "free_gpus": book.free[a.seller_id]}) for a in asks]
         assert book.place(b) == match(b, left, NOW, fee_bps)
