@@ -8,14 +8,14 @@ services.
 
 from __future__ import annotations
 
-import math
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import Response
 
 from computeswarm import __version__
 from computeswarm.cluster.api import deps
+from computeswarm.cluster.api.errors import api_error_body, error_json, validation_problems
+from computeswarm.cluster.api.fastpath import ROUTE, HeartbeatFastPath
 from computeswarm.cluster.api.middleware import AccessLog, BodyLimit
 from computeswarm.cluster.api.routes import (
     accounts,
@@ -34,7 +34,7 @@ from computeswarm.cluster.api.routes.gateway import gateway_router
 from computeswarm.cluster.coordinator import Coordinator
 from computeswarm.cluster.dashboards.service import DashboardService
 from computeswarm.cluster.dashboards.sessions import DashboardSessions
-from computeswarm.cluster.errors import ApiError, RateLimited
+from computeswarm.cluster.errors import ApiError
 from computeswarm.cluster.gateway.core import MAX_BODY_BYTES as GATEWAY_MAX_BODY_BYTES
 from computeswarm.cluster.services.datasets import MAX_MANIFEST_BYTES
 from computeswarm.errors import UserError
@@ -55,13 +55,15 @@ ROUTERS = (
 
 def create_app(coordinator: Coordinator) -> FastAPI:
     """The API over one coordinator, with its gateway, size limits and access log."""
-    app = api_app(deps.ApiServices.of(coordinator))
+    services = deps.ApiServices.of(coordinator)
+    app = api_app(services)
     # The inference gateway: /v1/serve/{job_id}/v1/...
     app.include_router(gateway_router(coordinator.gateway, deps.caller))
     # Leases' Ray dashboards: /dashboards/{lease_id}/...
     service = DashboardService(coordinator.store, DashboardSessions(), coordinator.head_ip)
     app.include_router(dashboard_router(service, deps.caller))
-    app.add_middleware(AccessLog, latency=coordinator.latency)
+    app.add_middleware(HeartbeatFastPath, services=services)  # innermost: logged, limited
+    app.add_middleware(AccessLog, latency=coordinator.latency, quiet=frozenset({ROUTE.path}))
     app.add_middleware(
         BodyLimit,
         max_bytes=coordinator.config.limits.max_body_bytes,
@@ -77,6 +79,9 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     return app
 
 
+JSON = "application/json"
+
+
 def api_app(services: deps.ApiServices) -> FastAPI:
     """The routes and error handlers over `services` (tests give it fakes)."""
     app = FastAPI(title="ComputeSwarm coordinator", version=__version__)
@@ -89,32 +94,21 @@ def api_app(services: deps.ApiServices) -> FastAPI:
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    def api_error(_request: Request, e: ApiError) -> JSONResponse:
-        headers = {}
-        if isinstance(e, RateLimited):
-            headers["Retry-After"] = str(max(1, math.ceil(e.retry_after_s)))
-        return JSONResponse(
-            {"error": e.code, "detail": e.detail}, status_code=e.status, headers=headers
-        )
+    def api_error(_request: Request, e: ApiError) -> Response:
+        status, body, headers = api_error_body(e)
+        return Response(body, status_code=status, headers=headers, media_type=JSON)
 
     @app.exception_handler(UserError)
-    def user_error(_request: Request, e: UserError) -> JSONResponse:
-        return JSONResponse({"error": "bad_request", "detail": str(e)}, status_code=400)
+    def user_error(_request: Request, e: UserError) -> Response:
+        return Response(error_json("bad_request", str(e)), status_code=400, media_type=JSON)
 
     @app.exception_handler(RequestValidationError)
-    def invalid(_request: Request, e: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in e.errors():
-            where = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
-            problems.append(
-                f"unknown field {where!r}"
-                if err["type"] == "extra_forbidden"
-                else f"{where}: {err['msg']}"
-            )
-        return JSONResponse(
-            {"error": "invalid_request", "detail": "; ".join(problems)}, status_code=422
-        )
+    def invalid(_request: Request, e: RequestValidationError) -> Response:
+        body = error_json("invalid_request", validation_problems(e.errors()))
+        return Response(body, status_code=422, media_type=JSON)
 
     @app.exception_handler(404)
-    def not_found(_request: Request, _e: Exception) -> PlainTextResponse | JSONResponse:
-        return JSONResponse({"error": "not_found", "detail": "no such endpoint"}, status_code=404)
+    def not_found(_request: Request, _e: Exception) -> Response:
+        return Response(
+            error_json("not_found", "no such endpoint"), status_code=404, media_type=JSON
+        )

@@ -64,11 +64,15 @@ class BodyLimit:
 
 
 class AccessLog:
-    """One JSON log line and one latency observation per request; sets X-Request-Id."""
+    """One JSON log line and one latency observation per request; sets X-Request-Id.
 
-    def __init__(self, app, latency: Histogram):
+    Successes on `quiet` routes (heartbeats: every seller, every few seconds) are observed
+    but not logged: a line each would be most of the log, and of the heartbeat's cost."""
+
+    def __init__(self, app, latency: Histogram, quiet: frozenset[str] = frozenset()):
         self.app = app
         self.latency = latency
+        self.quiet = quiet
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -90,20 +94,24 @@ class AccessLog:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             self.latency.labels(scope["method"], route, str(status)).observe(elapsed)
-            log.info(
-                json.dumps(
-                    {
-                        "event": "request",
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "route": route,
-                        "status": status,
-                        "ms": round(elapsed * 1000, 2),
-                        "key": scope.get("state", {}).get("key_id"),
-                    }
-                )
+            if status >= 400 or route not in self.quiet:
+                self._log(scope, request_id, route, status, elapsed)
+
+    def _log(self, scope, request_id: str, route: str, status: int, elapsed: float) -> None:
+        log.info(
+            json.dumps(
+                {
+                    "event": "request",
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status,
+                    "ms": round(elapsed * 1000, 2),
+                    "key": scope.get("state", {}).get("key_id"),
+                }
             )
+        )
 
 
 async def _too_large(send, limit: int) -> None:

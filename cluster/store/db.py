@@ -7,6 +7,7 @@ committed transaction, and readers never block the writer.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,8 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        sqlite = url.startswith("sqlite")
+        self._hot_turns = threading.Lock() if sqlite else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -41,8 +44,14 @@ class Store:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Connection]:
-        """A bare Core connection in a transaction, for hot paths that need no ORM."""
-        with self.engine.begin() as connection:
+        """A bare Core connection in a transaction, for hot paths that need no ORM.
+
+        On SQLite these take turns in this process: SQLite has one writer, and threads
+        that race for its lock sleep in its busy handler (1 ms, then 2, 5, ... up to
+        100 ms) while the lock sits free. Taking turns here, a heartbeat starts the
+        moment the one before it commits (the benchmark: 3x the heartbeats per second).
+        """
+        with self._hot_turns, self.engine.begin() as connection:
             yield connection
 
     def migrate(self) -> None:

@@ -4,7 +4,7 @@ Starts the real coordinator (`computeswarm head up`, SQLite store, `none` tunnel
 a subprocess pinned to one core, enrolls `--sellers` simulated sellers (5,000 by default)
 over its HTTP API, then drives it from a load generator pinned to another core with
 `--concurrency` requests in flight over keep-alive connections. Each heartbeat is
-`POST /v1/sellers/{id}/heartbeat` for a random enrolled seller with that seller's own key:
+`POST /v1/sellers/{id}/heartbeat` for the enrolled sellers in turn, each with its own key:
 authentication, the rate limiter, the store update and the response view, exactly as an
 agent's heartbeat. The baseline is `GET /healthz` (a no-op endpoint) against the same
 server in the same run, so the ratio says what the heartbeat's work costs over the bare HTTP
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -151,14 +152,19 @@ async def _bench(port: int, admin_key: str, pid: int, args) -> tuple[dict[str, l
         for s in sellers
     ]
     healthz = _request("GET", "/healthz")
-    requests = {"heartbeat": lambda: random.choice(heartbeats), "healthz": lambda: healthz}
+    # Sellers in turn, from a random start: as agents do, each beating once an interval
+    # (a random pick leaves some silent past their timeout, and flapping offline and back
+    # is work no real swarm of live agents asks for).
+    turn = itertools.cycle(random.sample(heartbeats, len(heartbeats)))
+    requests = {"heartbeat": lambda: next(turn), "healthz": lambda: healthz}
     runs: dict[str, list[Run]] = {kind: [] for kind in requests}
     for i in range(args.runs):
         # Alternate which kind goes first, so a drift over time (the store growing its
         # WAL, the machine warming up) does not favour one side of the ratio.
         order = list(requests) if i % 2 == 0 else list(reversed(requests))
         for kind in order:
-            run = await _load(port, requests[kind], pid, args)
+            cycle = len(heartbeats) if kind == "heartbeat" else 0
+            run = await _load(port, requests[kind], pid, args, cycle)
             runs[kind].append(run)
             print(
                 f"  run {i + 1}/{args.runs} {kind:<9} {run.rate:8.0f} req/s  "
@@ -267,10 +273,16 @@ async def _enroll(
     return sellers, failures
 
 
-async def _load(port: int, pick, pid: int, args) -> Run:
-    """`concurrency` workers send back to back: a warmup, then a run bounded by time and count."""
+async def _load(port: int, pick, pid: int, args, cycle: int = 0) -> Run:
+    """`concurrency` workers send back to back: a warmup, then a run bounded by time and count.
+
+    `cycle` requests go first, untimed: one heartbeat of every seller, so that the run
+    sees a live swarm (every seller online, its key in the coordinator's cache), not one
+    whose sellers all fell silent past their timeout during the `/healthz` run before."""
     connections = [Connection(port) for _ in range(args.concurrency)]
     try:
+        if cycle:
+            await _drive(connections, pick, REQUEST_TIMEOUT_S * 10, cycle, Run(0))
         if args.warmup > 0:
             await _drive(connections, pick, args.warmup, args.max_requests, Run(args.warmup))
         run = Run(args.seconds)

@@ -80,6 +80,9 @@ NO_MATCH = {
 
 
 class FakeKeys:
+    def knows(self, presented: str | None) -> bool:
+        return presented == "buyer-key"
+
     def authenticate(self, presented: str | None) -> Caller:
         if presented != "buyer-key":
             raise Unauthorized("invalid API key")
