@@ -1,6 +1,7 @@
 """Benchmark: seller heartbeats per second one coordinator core sustains, vs `GET /healthz`.
 
-Starts the real coordinator (`computeswarm head up`, SQLite store, `none` tunnel backend) as
+Starts the real coordinator (`computeswarm head up`, SQLite store or `--database-url`'s,
+`none` tunnel backend) as
 a subprocess pinned to one core, enrolls `--sellers` simulated sellers (5,000 by default)
 over its HTTP API, then drives it from a load generator pinned to another core with
 `--concurrency` requests in flight over keep-alive connections. Each heartbeat is
@@ -99,6 +100,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds per run")
     parser.add_argument("--server-cpu", type=int, default=0, help="core for the coordinator")
     parser.add_argument("--client-cpu", type=int, default=1, help="core for the load generator")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="the coordinator's store (default: SQLite in its state dir); PostgreSQL: run "
+        "under tests/with_postgres.sh with $COMPUTESWARM_TEST_POSTGRES_URL",
+    )
     args = parser.parse_args()
     if args.server_cpu == args.client_cpu:
         parser.error("--server-cpu and --client-cpu must differ")
@@ -110,7 +117,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cs-bench-hb-") as tmp:
         log_path = Path(tmp) / "coordinator.log"
         port = _free_port()
-        proc = _start_coordinator(Path(tmp) / "state", port, args.server_cpu, log_path)
+        proc = _start_coordinator(
+            Path(tmp) / "state", port, args.server_cpu, log_path, args.database_url
+        )
         try:
             _wait_healthy(port, proc, log_path)
             admin_key = (Path(tmp) / "state" / "admin.key").read_text().strip()
@@ -410,10 +419,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_coordinator(state: Path, port: int, cpu: int, log_path: Path) -> subprocess.Popen:
+def _start_coordinator(
+    state: Path, port: int, cpu: int, log_path: Path, database_url: str | None
+) -> subprocess.Popen:
     argv = ["taskset", "-c", str(cpu), sys.executable, "-m", "computeswarm.cli", "head", "up"]
     argv += ["--state-dir", str(state), "--port", str(port), "--host", HOST]
     argv += ["--backend", "none"]
+    if database_url:
+        argv += ["--database-url", database_url]
     # Its log goes to a file: a pipe nobody reads would fill and stall the server.
     with log_path.open("wb") as log:
         return subprocess.Popen(
