@@ -271,13 +271,14 @@ class _View:
         found, count = [], 0
         while start < cut and (limit is None or count < limit):
             stop = min(cut, start + width)
-            window = slice(start, stop)
+            part = slice(start, stop)
+            # `explain`'s checks, vectorised (the property tests hold the two together).
             ok = (
-                (self.spare[window] >= bid.gpus_per_node)
-                & (self.vram[window] >= min(bid.min_vram_gb, _INT_MAX))
-                & (self.reliability[window] >= bid.min_reliability)
-                & (self.max_lease[window] >= bid.duration_s)
-                & (self.until[window] >= now + bid.duration_s)
+                (self.spare[part] >= bid.gpus_per_node)
+                & (self.vram[part] >= min(bid.min_vram_gb, _INT_MAX))
+                & (self.reliability[part] >= bid.min_reliability)
+                & (self.max_lease[part] >= bid.duration_s)
+                & (self.until[part] >= now + bid.duration_s)
             )
             found.append(self.rows[start + np.flatnonzero(ok)])
             count += len(found[-1])

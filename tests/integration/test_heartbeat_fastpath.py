@@ -65,6 +65,9 @@ def test_the_fast_path_answers_every_heartbeat_as_the_route_does(sqlite_head):
     ]:
         answer = same_answer(head, beat, json=body, headers=key)
         assert answer["status"] == 422 and answer["error"] == "invalid_request", answer
+    # Over the body limit (64 KiB): refused before the fast path reads it.
+    huge = head.http.post(beat, json={**GOOD, "pad": "x" * 70_000}, headers=key)
+    assert huge.status_code == 413 and huge.json()["error"] == "payload_too_large", huge.text
     for raw in [b"", b"{", b"\xff\xfe", b"null"]:
         headers = {**key, "Content-Type": "application/json"}
         answer = same_answer(head, beat, content=raw, headers=headers)
